@@ -1,0 +1,14 @@
+//! gradients-engine: a LoRA training engine for the Llama family, written GPU-kernel-first
+//! with a fast, deterministic CPU backend as its reference semantics.
+//!
+//! Data flows one way: loaders (`model`) give a config and frozen weights, the model drives
+//! one backend (`backend`), LoRA adapters (`lora`) hold the only trainable parameters, and the
+//! optimiser (`optim`) updates them. See ARCHITECTURE.md in the steering repo for the layout.
+#![deny(missing_docs)]
+
+pub mod error; // Error, ErrorKind, Result
+pub mod model; // ModelConfig, ModelWeights, loaders, llama forward/backward
+pub mod tensor; // DType, Tensor (host f32 storage)
+
+pub use error::{Error, ErrorKind, Result};
+pub use tensor::{DType, Tensor};

@@ -1,0 +1,54 @@
+//! Models: configs, weight loading (safetensors, GGUF) and the Llama family's explicit
+//! forward and backward.
+//!
+//! Every loader produces the same pair, a [`ModelConfig`] and [`ModelWeights`] in HF layout
+//! (a Linear weight is `[out, in]`, Q/K rows in HF's half-split RoPE order), so the model code
+//! never knows which file a weight came from.
+
+pub mod config; // ModelConfig, Arch, RopeScaling
+
+pub use config::{Arch, ModelConfig, RopeScaling};
+
+use crate::tensor::Tensor;
+
+/// The frozen weights of one decoder block, HF layout.
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    /// `[hidden]` input RMSNorm weight.
+    pub attn_norm: Tensor,
+    /// `[num_heads*head_dim, hidden]`.
+    pub wq: Tensor,
+    /// `[num_kv_heads*head_dim, hidden]`.
+    pub wk: Tensor,
+    /// `[num_kv_heads*head_dim, hidden]`.
+    pub wv: Tensor,
+    /// `[hidden, num_heads*head_dim]`.
+    pub wo: Tensor,
+    /// `[num_heads*head_dim]` (Qwen2 only).
+    pub bq: Option<Tensor>,
+    /// `[num_kv_heads*head_dim]` (Qwen2 only).
+    pub bk: Option<Tensor>,
+    /// `[num_kv_heads*head_dim]` (Qwen2 only).
+    pub bv: Option<Tensor>,
+    /// `[hidden]` post-attention RMSNorm weight.
+    pub mlp_norm: Tensor,
+    /// `[intermediate, hidden]`.
+    pub w_gate: Tensor,
+    /// `[intermediate, hidden]`.
+    pub w_up: Tensor,
+    /// `[hidden, intermediate]`.
+    pub w_down: Tensor,
+}
+
+/// All frozen weights of a Llama-family model, HF layout.
+#[derive(Clone, Debug)]
+pub struct ModelWeights {
+    /// `[vocab, hidden]` token embedding.
+    pub embed: Tensor,
+    /// One entry per decoder block.
+    pub layers: Vec<LayerWeights>,
+    /// `[hidden]` final RMSNorm weight.
+    pub final_norm: Tensor,
+    /// `[vocab, hidden]`; `None` when tied to `embed`.
+    pub lm_head: Option<Tensor>,
+}
