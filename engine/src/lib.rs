@@ -6,6 +6,7 @@
 //! optimiser (`optim`) updates them. See ARCHITECTURE.md in the steering repo for the layout.
 #![deny(missing_docs)]
 
+pub mod backend; // Backend trait (the op set), RopeTable, cpu::CpuBackend
 pub mod error; // Error, ErrorKind, Result
 pub mod model; // ModelConfig, ModelWeights, loaders, llama forward/backward
 pub mod tensor; // DType, Tensor (host f32 storage)

@@ -1,0 +1,221 @@
+//! The op set a Llama LoRA training step needs, as one trait with two implementations:
+//! `cpu` (the reference semantics; faer GEMMs, rayon elsewhere) and, behind the `cuda`
+//! feature, `cuda` (cudarc, cuBLASLt, the kernels in kernels/).
+//!
+//! Conventions shared by every op:
+//! - Buffers hold row-major values; the CPU backend stores `f32` (or `f64` in gradient checks),
+//!   the CUDA backend may store frozen weights as bf16. Scalars are passed as `f32`.
+//! - Argument order is outputs, then inputs, then dims (llm.c's convention).
+//! - "Tokens" are the `n = batch * seq` rows of a step; small per-token metadata (ids, positions,
+//!   labels, sample starts) travels as host slices and the backend uploads it if it must.
+//! - Ops documented as `+=` accumulate into their output; all others overwrite it.
+//! - Every op is deterministic: the same inputs give bit-identical outputs whatever the number
+//!   of threads (fixed reduction orders, partitions that depend on the problem size only).
+
+pub mod cpu; // CpuBackend: reference semantics
+
+use crate::error::Result;
+
+/// Precomputed RoPE rotation for positions `0..max_pos`: `cos`/`sin` buffers of shape
+/// `[max_pos, head_dim/2]`, with llama3 frequency scaling already applied.
+pub struct RopeTable<B: Backend + ?Sized> {
+    /// `[max_pos, head_dim/2]` cos(pos * inv_freq[i]).
+    pub cos: B::Buf,
+    /// `[max_pos, head_dim/2]` sin(pos * inv_freq[i]).
+    pub sin: B::Buf,
+    /// Number of positions in the table.
+    pub max_pos: usize,
+    /// Head width the table was built for.
+    pub head_dim: usize,
+}
+
+/// The ops of one Llama LoRA step. See the module doc for shared conventions.
+pub trait Backend: Send + Sync {
+    /// A buffer of values on this backend.
+    type Buf: Send + Sync;
+
+    /// A short name for logs ("cpu", "cuda:0").
+    fn name(&self) -> String;
+
+    // ---- memory -------------------------------------------------------------------------
+    /// A zero-filled buffer of `len` values.
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer holding `data`.
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// The buffer's values as f32.
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// Number of values in the buffer.
+    fn len(&self, buf: &Self::Buf) -> usize;
+    /// Set every value to `value`.
+    fn fill(&self, buf: &mut Self::Buf, value: f32) -> Result<()>;
+    /// `dst = src` (same length).
+    fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
+
+    // ---- dense algebra ------------------------------------------------------------------
+    /// `C = beta*C + alpha * op(A) * op(B)` with `op(A)` of shape `[m, k]` and `op(B)` of shape
+    /// `[k, n]`. `A` is stored `[m, k]`, or `[k, m]` when `trans_a`; `B` is stored `[k, n]`, or
+    /// `[n, k]` when `trans_b` (so `X·Wᵀ` for an HF Linear weight is `trans_b = true`).
+    /// `beta = 0` overwrites C (NaNs in C do not propagate).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        c: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_a: bool,
+        trans_b: bool,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()>;
+    /// `x += alpha * y` elementwise.
+    fn axpy(&self, x: &mut Self::Buf, alpha: f32, y: &Self::Buf) -> Result<()>;
+    /// `x *= alpha` elementwise.
+    fn scale(&self, x: &mut Self::Buf, alpha: f32) -> Result<()>;
+    /// `x[t, :] += bias` for each of the `n` rows of width `d`.
+    fn add_bias(&self, x: &mut Self::Buf, bias: &Self::Buf, n: usize, d: usize) -> Result<()>;
+    /// Sum of squares of all values, accumulated in f64 in a fixed order (for global norms).
+    fn sum_squares(&self, x: &Self::Buf) -> Result<f64>;
+
+    // ---- the block's ops ----------------------------------------------------------------
+    /// `out[t, :] = table[ids[t], :]`; out `[n, h]`, table `[vocab, h]`. Errors on an id out of
+    /// range.
+    fn embedding(
+        &self,
+        out: &mut Self::Buf,
+        table: &Self::Buf,
+        ids: &[u32],
+        h: usize,
+    ) -> Result<()>;
+    /// `out = x * rstd * w` per row with `rstd = 1/sqrt(mean(x²) + eps)`; saves `rstd [n]`.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        n: usize,
+        h: usize,
+        eps: f32,
+    ) -> Result<()>;
+    /// `dx += ∂out/∂x · dout` (no weight gradient: norms are frozen).
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Self::Buf,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        n: usize,
+        h: usize,
+    ) -> Result<()>;
+    /// Rotate `x [n, heads, head_dim]` in place, HF half-split layout: for `i < head_dim/2`,
+    /// `(x[i], x[i+d/2]) ← (x[i]·c − x[i+d/2]·s, x[i+d/2]·c + x[i]·s)` with `c, s` from the
+    /// table at `positions[t]`. `inverse` rotates by the negative angle (the backward).
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        table: &RopeTable<Self>,
+        positions: &[u32],
+        n: usize,
+        heads: usize,
+        inverse: bool,
+    ) -> Result<()>
+    where
+        Self: Sized;
+    /// Causal GQA attention over `batch` rows of `seq` tokens with packed samples:
+    /// token `i` attends to tokens `j` of its row with `starts[i] <= j <= i`, where
+    /// `starts[i]` is the in-row index of the first token of `i`'s sample.
+    /// q `[n, heads*hd]`, k/v `[n, kv_heads*hd]`, out `[n, heads*hd]`, lse `[n, heads]`
+    /// (log-sum-exp of the scaled scores, saved for the backward). Scale `1/sqrt(hd)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        starts: &[u32],
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        kv_heads: usize,
+        hd: usize,
+    ) -> Result<()>;
+    /// Gradients of `attention_forward`: overwrites dq, dk, dv.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        starts: &[u32],
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        kv_heads: usize,
+        hd: usize,
+    ) -> Result<()>;
+    /// `out = silu(gate) * up`, all `[n, f]` flattened.
+    fn swiglu_forward(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
+    /// Overwrites `dgate`, `dup` with the gradients of `swiglu_forward`.
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dout: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+    ) -> Result<()>;
+    /// Inverted dropout with a counter-based RNG: `out[i] = x[i] * keep(key, i) / (1 - p)`,
+    /// where `keep` is a pure function of `(key, i)` (so the backward reapplies the same op to
+    /// the gradient). `p = 0` copies.
+    fn dropout(&self, out: &mut Self::Buf, x: &Self::Buf, p: f32, key: u64) -> Result<()>;
+    /// Cross-entropy of `logits = hidden · lm_headᵀ` against `targets` (−100 = ignored),
+    /// computed in chunks of tokens so the `[n, vocab]` logits are never materialised whole.
+    /// Returns the per-token losses (0 where ignored). When `dhidden` is given it is
+    /// overwritten with `∂(loss_scale · Σ losses)/∂hidden`.
+    /// hidden `[n, h]`, lm_head `[vocab, h]`.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        dhidden: Option<&mut Self::Buf>,
+        hidden: &Self::Buf,
+        lm_head: &Self::Buf,
+        targets: &[i32],
+        n: usize,
+        h: usize,
+        vocab: usize,
+        loss_scale: f32,
+    ) -> Result<Vec<f32>>;
+
+    // ---- optimiser ----------------------------------------------------------------------
+    /// One AdamW update of `param` from `grad` with moments `m`, `v` (decoupled weight
+    /// decay, bias correction with the 1-based `step`), as torch.optim.AdamW computes it.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        step: u32,
+    ) -> Result<()>;
+}
