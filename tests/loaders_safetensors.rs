@@ -57,7 +57,7 @@ fn f32_round_trip_with_metadata_is_valid_for_the_reference_parser() {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     assert_eq!(vals, b.data);
-    assert_eq!(u64::from_le_bytes(bytes[..8].try_into().unwrap()) % 8, 0);
+    assert!(u64::from_le_bytes(bytes[..8].try_into().unwrap()).is_multiple_of(8));
 }
 
 #[test]

@@ -89,7 +89,7 @@ pub fn parse_hf_config(text: &str, source: &str) -> Result<ModelConfig> {
     let head_dim = match f.opt_usize("head_dim")? {
         Some(d) => d,
         None => {
-            if hidden_size % num_heads != 0 {
+            if !hidden_size.is_multiple_of(num_heads) {
                 return Err(Error::config(
                     source,
                     "hidden_size",

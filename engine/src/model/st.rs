@@ -435,7 +435,7 @@ pub fn write_safetensors(
     let mut header = serde_json::to_vec(&Value::Object(header))
         .map_err(|e| Error::format(path, format!("cannot encode header: {e}")))?;
     // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     write_atomic_with(path, |w| {
