@@ -164,7 +164,6 @@ pub fn parse_adapter_config(text: &str, source: &str) -> Result<LoraConfig> {
         "rank_pattern",
         "alpha_pattern",
         "layers_to_transform",
-        "layers_pattern",
         "modules_to_save",
         "exclude_modules",
         "layer_replication",
