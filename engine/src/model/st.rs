@@ -83,6 +83,14 @@ impl SafetensorsFile {
         // engine's own writers replace files by rename (io::write_atomic), never in place.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let bytes: &[u8] = &mmap;
+        // Sizes come from the map itself, in case the file changed since `metadata`.
+        let len = bytes.len() as u64;
+        if len < 8 {
+            return Err(Error::format(
+                path,
+                format!("file is {len} bytes, too short for a safetensors header"),
+            ));
+        }
         let mut n8 = [0u8; 8];
         n8.copy_from_slice(&bytes[..8]);
         let n = u64::from_le_bytes(n8);
