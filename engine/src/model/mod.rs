@@ -6,6 +6,9 @@
 //! never knows which file a weight came from.
 
 pub mod config; // ModelConfig, Arch, RopeScaling
+pub mod hf_config; // load_hf_config, parse_hf_config, hf_config_json (HF config.json)
+pub mod hf_model; // load_hf_model, save_hf_model, load_weights (HF names -> ModelWeights)
+pub mod st; // SafetensorsFile, TensorStore (mmap, shards), write_safetensors
 
 pub use config::{Arch, ModelConfig, RopeScaling};
 
