@@ -6,8 +6,12 @@
 //! never knows which file a weight came from.
 
 pub mod config; // ModelConfig, Arch, RopeScaling
+pub mod gguf; // GgufFile, GgufMeta, GgufValue, GgufTensorInfo: GGUF v2/v3 parsing
+pub mod gguf_load; // load_gguf: llama GGUF -> ModelConfig + ModelWeights (Q/K unpermuted)
+pub mod gguf_quant; // GgmlType, dequantize (F32/F16/BF16/Q8_0/Q4_0/Q4_1)
 
 pub use config::{Arch, ModelConfig, RopeScaling};
+pub use gguf_load::load_gguf;
 
 use crate::tensor::Tensor;
 
