@@ -11,6 +11,7 @@ pub mod gguf_load; // load_gguf: llama GGUF -> ModelConfig + ModelWeights (Q/K u
 pub mod gguf_quant; // GgmlType, dequantize (F32/F16/BF16/Q8_0/Q4_0/Q4_1)
 pub mod hf_config; // load_hf_config, parse_hf_config, hf_config_json (HF config.json)
 pub mod hf_model; // load_hf_model, save_hf_model, load_weights (HF names -> ModelWeights)
+pub mod load; // load_model: GGUF file or HF dir -> LoadedModel (config, weights, tokenizer)
 pub mod st; // SafetensorsFile, TensorStore (mmap, shards), write_safetensors
 
 pub use config::{Arch, ModelConfig, RopeScaling};
