@@ -3,6 +3,8 @@
 //! One module per subcommand; each parses its own flags (clap derive) and returns
 //! `anyhow::Result` so every failure reaches the user as one clear message with its context.
 
+mod bench; // gradients bench: train/eval tokens/s and peak RSS on a real model
+mod generate; // gradients generate: greedy decoding, optionally with an adapter
 mod inspect; // gradients inspect MODEL
 
 use clap::{Parser, Subcommand};
@@ -19,12 +21,18 @@ struct Cli {
 enum Command {
     /// Show a model's architecture, sizes and tokenizer (GGUF file or HF directory).
     Inspect(inspect::Args),
+    /// Greedy decoding of a chat prompt (optionally with a PEFT adapter).
+    Generate(generate::Args),
+    /// Measure LoRA training and evaluation tokens/s and peak memory on a model.
+    Bench(bench::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
