@@ -10,6 +10,7 @@ pub mod backend; // Backend trait (the op set), RopeTable, cpu::CpuBackend
 pub mod error; // Error, ErrorKind, Result
 pub mod lora; // Target, LoraConfig; adapter parameters and PEFT files
 pub mod model; // ModelConfig, ModelWeights, loaders, llama forward/backward
+pub mod optim; // Schedule, clip_grad_norm, AdamW (+ AdamWState for checkpoints)
 pub mod tensor; // DType, Tensor (host f32 storage)
 
 pub use error::{Error, ErrorKind, Result};
