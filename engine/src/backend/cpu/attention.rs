@@ -704,11 +704,7 @@ mod tests {
             let (heads, kvh, hd) = (9, 3, 64);
             let n = batch * seq;
             let mut rng = Rng(27);
-            let starts = vec![0u32; n]
-                .iter()
-                .enumerate()
-                .map(|(t, _)| 0 * t as u32)
-                .collect::<Vec<_>>();
+            let starts = vec![0u32; n];
             let q = randn_f32(&mut rng, n * heads * hd);
             let k = randn_f32(&mut rng, n * kvh * hd);
             let v = randn_f32(&mut rng, n * kvh * hd);
