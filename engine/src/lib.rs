@@ -12,6 +12,7 @@ pub mod error; // Error, ErrorKind, Result
 pub mod io; // write_atomic, write_atomic_with (temp file + fsync + rename)
 pub mod lora; // Target, LoraConfig; adapter parameters and PEFT files
 pub mod model; // ModelConfig, ModelWeights, loaders, llama forward/backward
+pub mod optim; // Schedule, clip_grad_norm, AdamW (+ AdamWState for checkpoints)
 pub mod tensor; // DType, Tensor (host f32 storage)
 pub mod tokenizer; // Tokenizer (GGUF byte-level BPE), ChatMessage, render_chat
 
