@@ -245,4 +245,31 @@ mod tests {
             }
         }
     }
+
+    /// GEMM timing for one shape given by `GEMM_SHAPE=m,n,k,ta,tb,reps` (single thread):
+    /// `GEMM_SHAPE=64,256,64,0,1,2000 perf stat -e cycles:u <test binary> gemm_timing --ignored`.
+    #[test]
+    #[ignore]
+    fn gemm_timing() {
+        let spec = std::env::var("GEMM_SHAPE").unwrap_or_else(|_| "512,576,576,0,1,20".into());
+        let v: Vec<usize> = spec.split(',').map(|x| x.parse().unwrap()).collect();
+        let (m, n, k, ta, tb, reps) = (v[0], v[1], v[2], v[3] == 1, v[4] == 1, v[5]);
+        let be = CpuBackend::<f32>::new();
+        let mut rng = Rng(1);
+        let a: Vec<f32> = randn(&mut rng, m * k).iter().map(|&x| x as f32).collect();
+        let b: Vec<f32> = randn(&mut rng, k * n).iter().map(|&x| x as f32).collect();
+        let mut c = vec![0.0f32; m * n];
+        in_pool(1, || {
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                be.gemm(&mut c, &a, &b, m, n, k, ta, tb, 1.0, 0.0).unwrap();
+            }
+            let dt = t.elapsed().as_secs_f64();
+            let gflop = 2.0 * (m * n * k * reps) as f64 * 1e-9;
+            println!(
+                "{spec}: {gflop:.2} GFLOP in {dt:.3} s = {:.1} GFLOP/s",
+                gflop / dt
+            );
+        });
+    }
 }

@@ -3,7 +3,7 @@
 //! logits never exist whole (only a `[ROWS, vocab]` scratch).
 //!
 //! For each chunk: `z = hidden·lm_headᵀ` (faer), then per row (rayon) with `mx = max z`,
-//! `e_j = exp(z_j − mx)`, `s = Σ e_j` (index order), `lse = mx + ln s`, `loss = lse − z_t`;
+//! `e_j = exp(z_j − mx)` (`simd.rs`), `s = Σ e_j` (fixed lane order, `simd.rs`), `lse = mx + ln s`, `loss = lse − z_t`;
 //! when a gradient is wanted the row becomes `dz_j = e_j · (loss_scale / s) − [j = t]·loss_scale`
 //! (all zero for ignored targets) and `dhidden = dz·lm_head` (faer, overwriting).
 //! A chunk whose targets are all ignored is skipped (losses 0, dhidden 0).
@@ -11,6 +11,7 @@
 use rayon::prelude::*;
 
 use super::gemm::Gemm;
+use super::simd::{exp_sub_sum, row_max, scale_row};
 use super::Real;
 use crate::error::{Error, Result};
 
@@ -111,23 +112,12 @@ fn row_softmax<T: Real>(row: &mut [T], t: i32, want_grad: bool, scale: T, loss: 
     }
     let t = t as usize;
     let zt = row[t];
-    let mut mx = T::NEG_INFINITY;
-    for &v in row.iter() {
-        mx = mx.max(v);
-    }
-    let mut s = T::ZERO;
-    for v in row.iter_mut() {
-        let e = (*v - mx).exp();
-        *v = e;
-        s += e;
-    }
+    let mx = row_max(row);
+    let s = exp_sub_sum(row, mx);
     let lse = mx + s.ln();
     *loss = (lse - zt).to_f32();
     if want_grad {
-        let c = scale / s;
-        for v in row.iter_mut() {
-            *v *= c;
-        }
+        scale_row(row, scale / s);
         row[t] -= scale;
     }
 }
