@@ -20,6 +20,7 @@ pub(crate) const LANES: usize = 8;
 /// capped at 88.7 (near f32's largest finite result). Integer-and-float only, so a CUDA
 /// port can reproduce it.
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // clamp asserts, which blocks vectorisation
 pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
@@ -44,7 +45,7 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * (r * r) + r + 1.0;
     // n = bits(t) − bits(MAGIC), exactly, for |n| < 2^22.
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
