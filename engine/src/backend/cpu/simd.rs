@@ -125,7 +125,8 @@ fn attn_grad_impl<T: Real>(p: &mut [T], dp: &mut [T], lse: T, d: T, scale: T) {
     }
 }
 
-/// Defines `pub fn $name` that runs `$imp` through an AVX2 build when the CPU has AVX2.
+/// Defines `pub(crate) fn $name` that runs the `#[inline(always)]` generic `$imp` through an
+/// AVX2 build of it when the CPU has AVX2, and the baseline build otherwise.
 macro_rules! dispatch {
     ($(#[$doc:meta])* $name:ident, $avx:ident, $imp:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         #[cfg(target_arch = "x86_64")]
@@ -148,6 +149,28 @@ macro_rules! dispatch {
     };
 }
 
+pub(crate) use dispatch;
+
+#[inline(always)]
+fn dot_impl<T: Real>(a: &[T], b: &[T]) -> T {
+    let mut l = [T::ZERO; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for j in 0..LANES {
+            l[j] += x[j] * y[j];
+        }
+    }
+    for (j, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        l[j] += x * y;
+    }
+    combine(l)
+}
+
+dispatch!(
+    /// `Σ a_i·b_i` over the common length, in lane order (see the module doc).
+    dot, dot_avx2, dot_impl, (a: &[T], b: &[T]) -> T
+);
 dispatch!(
     /// The largest value of `x` (−∞ when empty).
     row_max, row_max_avx2, max_impl, (x: &[T]) -> T
@@ -209,5 +232,12 @@ mod tests {
         scale_row(&mut z, 2.0);
         assert!(z.iter().zip(&y).all(|(a, b)| *a == 2.0 * b));
         assert_eq!(row_max::<f32>(&[]), f32::NEG_INFINITY);
+        let d = dot(&x, &y);
+        let want: f64 = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
+        assert!((f64::from(d) - want).abs() < 1e-5 * want.abs().max(1.0));
     }
 }
