@@ -1,6 +1,6 @@
 //! RMSNorm of the CPU backend, one rayon item per token row of width `h`.
 //!
-//! Forward: `r = 1/sqrt(Σⱼ xⱼ²/h + eps)`, `outⱼ = (xⱼ·r)·wⱼ` (HF's order: normalise, then
+//! Forward: `r = 1/sqrt((Σⱼ xⱼ²)/h + eps)`, `outⱼ = (xⱼ·r)·wⱼ` (HF's order: normalise, then
 //! scale by the weight); saves `r` per row.
 //! Backward (accumulates): with `g = Σₖ wₖ·doutₖ·xₖ`,
 //! `dxⱼ += r·wⱼ·doutⱼ − (r³/h)·g·xⱼ`. The weight is frozen, so it gets no gradient.
@@ -24,13 +24,13 @@ pub(crate) fn rmsnorm_forward<T: Real>(
     if h == 0 {
         return;
     }
-    let inv_h = T::ONE / T::from_f64(h as f64);
+    let hf = T::from_f64(h as f64);
     out.par_chunks_mut(h)
         .zip(rstd.par_iter_mut())
         .zip(x.par_chunks(h))
         .for_each(|((out, r), x)| {
             let ss = dot(x, x);
-            let rs = T::ONE / (ss * inv_h + eps).sqrt();
+            let rs = T::ONE / (ss / hf + eps).sqrt();
             *r = rs;
             for ((o, &v), &wj) in out.iter_mut().zip(x).zip(w) {
                 *o = (v * rs) * wj;

@@ -1,8 +1,8 @@
 //! SwiGLU of the CPU backend, elementwise over `[n, f]` flattened, in rayon chunks.
 //!
-//! Forward: `σ(g) = 1/(1 + e^(−g))`, `silu(g) = g·σ(g)`, `out = silu(g)·up`.
-//! Backward (overwrites): `dup = dout·silu(g)`,
-//! `dgate = dout·up·σ(g)·(1 + g·(1 − σ(g)))`.
+//! Forward: `silu(g) = g/(1 + e^(−g))` (torch's form), `out = silu(g)·up`.
+//! Backward (overwrites), with `σ(g) = 1/(1 + e^(−g))`: `dup = dout·(g·σ(g))`,
+//! `dgate = dout·up·σ(g)·(1 + g·(1 − σ(g)))`. `e^x` is `simd.rs`'s vectorisable exp.
 
 use rayon::prelude::*;
 
@@ -21,7 +21,7 @@ fn sigmoid<T: Real>(g: T) -> T {
 #[inline(always)]
 fn forward_impl<T: Real>(out: &mut [T], gate: &[T], up: &[T]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = g * sigmoid(g) * u;
+        *o = g / (T::ONE + (-g).exp_fast()) * u;
     }
 }
 
