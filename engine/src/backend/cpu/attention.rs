@@ -15,6 +15,7 @@
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
+use super::simd::{attn_grad_row, dot as simd_dot, exp_sub_sum, row_max, scale_row};
 use super::{check_len, checked_size, Real};
 use crate::error::{Error, Result};
 
@@ -124,6 +125,7 @@ pub(crate) struct Saved<'a, T> {
     pub lse: &'a [T],
 }
 
+#[cfg(test)]
 #[inline(always)]
 fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let mut s = T::ZERO;
@@ -245,19 +247,10 @@ pub(crate) fn forward<T: Real>(
             for (r, row) in sm.chunks_exact_mut(l).enumerate() {
                 let i = q0 + r;
                 let (lo, hi) = (starts[i] as usize - k_lo, i - k_lo);
-                let mut mx = T::NEG_INFINITY;
-                for &x in &row[lo..=hi] {
-                    mx = mx.max(x);
-                }
-                let mut sum = T::ZERO;
-                for x in &mut row[lo..=hi] {
-                    *x = (*x - mx).exp();
-                    sum += *x;
-                }
-                let inv = T::ONE / sum;
-                for x in &mut row[lo..=hi] {
-                    *x *= inv;
-                }
+                let valid = &mut row[lo..=hi];
+                let mx = row_max(valid);
+                let sum = exp_sub_sum(valid, mx);
+                scale_row(valid, T::ONE / sum);
                 row[..lo].fill(T::ZERO);
                 row[hi + 1..].fill(T::ZERO);
                 // SAFETY: element (r0 + i, h) of lse belongs to this item alone.
@@ -337,13 +330,9 @@ pub(crate) fn backward<T: Real>(d: &Dims, g: Grads<'_, T>, s: Saved<'_, T>, star
                     let (lo, hi) = (starts[i] as usize - k_lo, i - k_lo);
                     let o = &s.out[t * qw + h * hd..t * qw + (h + 1) * hd];
                     let dy = &s.dout[t * qw + h * hd..t * qw + (h + 1) * hd];
-                    let di = dot(dy, o);
+                    let di = simd_dot(dy, o);
                     let li = s.lse[t * heads + h];
-                    for (x, dx) in prow[lo..=hi].iter_mut().zip(&mut dprow[lo..=hi]) {
-                        let pv = (*x - li).exp();
-                        *x = pv;
-                        *dx = pv * (*dx - di) * scale;
-                    }
+                    attn_grad_row(&mut prow[lo..=hi], &mut dprow[lo..=hi], li, di, scale);
                     prow[..lo].fill(T::ZERO);
                     prow[hi + 1..].fill(T::ZERO);
                     dprow[..lo].fill(T::ZERO);
@@ -695,51 +684,58 @@ mod tests {
         assert!(close(&dv, &v2));
     }
 
-    /// Timing at SmolLM2-135M shapes: `cargo test --lib attention_timing -- --ignored --nocapture`.
+    /// Timing at SmolLM2-135M head shapes, single thread, for `ATT_SHAPE=batch,seq,reps`
+    /// (default 4,256,3): `cargo test --lib attention_timing -- --ignored --nocapture`
+    /// (under `perf stat -e task-clock` on a busy machine).
     #[test]
     #[ignore]
     fn attention_timing() {
+        let spec = std::env::var("ATT_SHAPE").unwrap_or_else(|_| "4,256,3".into());
+        let v: Vec<usize> = spec.split(',').map(|x| x.parse().unwrap()).collect();
+        let (batch, seq, reps) = (v[0], v[1], v[2]);
         let be = CpuBackend::<f32>::new();
-        for &(batch, seq) in &[(4usize, 256usize), (1, 2048)] {
-            let (heads, kvh, hd) = (9, 3, 64);
-            let n = batch * seq;
-            let mut rng = Rng(27);
-            let starts = vec![0u32; n];
-            let q = randn_f32(&mut rng, n * heads * hd);
-            let k = randn_f32(&mut rng, n * kvh * hd);
-            let v = randn_f32(&mut rng, n * kvh * hd);
-            let dout = randn_f32(&mut rng, n * heads * hd);
-            let mut out = vec![0.0f32; q.len()];
-            let mut lse = vec![0.0f32; n * heads];
-            let (mut dq, mut dk, mut dv) = (
-                vec![0.0f32; q.len()],
-                vec![0.0f32; k.len()],
-                vec![0.0f32; v.len()],
-            );
-            let flops = (batch * heads) as f64 * (seq * seq) as f64 / 2.0 * hd as f64 * 2.0;
-            for _ in 0..2 {
+        let (heads, kvh, hd) = (9, 3, 64);
+        let n = batch * seq;
+        let mut rng = Rng(27);
+        let starts = vec![0u32; n];
+        let q = randn_f32(&mut rng, n * heads * hd);
+        let k = randn_f32(&mut rng, n * kvh * hd);
+        let v = randn_f32(&mut rng, n * kvh * hd);
+        let dout = randn_f32(&mut rng, n * heads * hd);
+        let mut out = vec![0.0f32; q.len()];
+        let mut lse = vec![0.0f32; n * heads];
+        let (mut dq, mut dk, mut dv) = (
+            vec![0.0f32; q.len()],
+            vec![0.0f32; k.len()],
+            vec![0.0f32; v.len()],
+        );
+        let flops = (batch * heads) as f64 * (seq * seq) as f64 / 2.0 * hd as f64 * 2.0;
+        in_pool(1, || {
+            let (mut tf, mut tb) = (0.0, 0.0);
+            for _ in 0..reps {
                 let t = std::time::Instant::now();
                 be.attention_forward(
                     &mut out, &mut lse, &q, &k, &v, &starts, batch, seq, heads, kvh, hd,
                 )
                 .unwrap();
-                let tf = t.elapsed().as_secs_f64();
+                tf += t.elapsed().as_secs_f64();
                 let t = std::time::Instant::now();
                 be.attention_backward(
                     &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out, &lse, &starts, batch, seq,
                     heads, kvh, hd,
                 )
                 .unwrap();
-                let tb = t.elapsed().as_secs_f64();
-                println!(
-                    "batch {batch} seq {seq}: fwd {:.2} ms ({:.1} GFLOP/s), bwd {:.2} ms ({:.1} GFLOP/s)",
-                    tf * 1e3,
-                    2.0 * flops / tf * 1e-9,
-                    tb * 1e3,
-                    5.0 * flops / tb * 1e-9
-                );
+                tb += t.elapsed().as_secs_f64();
             }
-        }
+            let r = reps as f64;
+            println!(
+                "batch {batch} seq {seq}: fwd {:.2} ms ({:.1} GFLOP/s), bwd {:.2} ms ({:.1} GFLOP/s)",
+                tf / r * 1e3,
+                2.0 * flops * r / tf * 1e-9,
+                tb / r * 1e3,
+                5.0 * flops * r / tb * 1e-9
+            );
+        });
     }
 
     #[test]

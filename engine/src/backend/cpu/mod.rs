@@ -5,7 +5,8 @@
 //!
 //! `CpuBackend<T>` stores `Vec<T>` with `T` in {`f32`, `f64`} (the [`Real`] trait); `f64` is for
 //! finite-difference gradient checks. The op kernels live one family per file beside this one
-//! (`gemm`, `norm`, `rope`, `attention`, `swiglu`, `xent`, `elementwise`, `adamw`); this file
+//! (`gemm`, `norm`, `rope`, `attention`, `swiglu`, `xent`, `elementwise`, `adamw`; `simd` holds
+//! the vectorised row kernels they share); this file
 //! holds the element trait, the shape checks and the `Backend` impl that validates arguments
 //! and dispatches to them.
 
@@ -15,6 +16,7 @@ mod elementwise; // axpy, scale, add_bias, sum_squares, embedding, dropout
 mod gemm; // gemm through faer
 mod norm; // rmsnorm_forward, rmsnorm_backward
 mod rope; // rope (forward and inverse rotation)
+pub mod simd; // exp_f32 and vectorised row max/exp/sum kernels with AVX2 dispatch
 mod swiglu; // swiglu_forward, swiglu_backward
 #[cfg(test)]
 pub(crate) mod testutil; // splitmix data, finite differences, thread-count checks
@@ -71,8 +73,11 @@ pub trait Real:
     fn from_f64(x: f64) -> Self;
     /// Widen to f64.
     fn to_f64(self) -> f64;
-    /// eˣ.
+    /// eˣ (libm).
     fn exp(self) -> Self;
+    /// eˣ as the vectorisable kernels compute it: [`simd::exp_f32`]'s polynomial for f32,
+    /// libm for f64 (gradient checks).
+    fn exp_fast(self) -> Self;
     /// Natural logarithm.
     fn ln(self) -> Self;
     /// Square root.
@@ -84,7 +89,7 @@ pub trait Real:
 }
 
 macro_rules! impl_real {
-    ($t:ty) => {
+    ($t:ty, $fast:path) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -110,6 +115,10 @@ macro_rules! impl_real {
                 <$t>::exp(self)
             }
             #[inline(always)]
+            fn exp_fast(self) -> Self {
+                $fast(self)
+            }
+            #[inline(always)]
             fn ln(self) -> Self {
                 <$t>::ln(self)
             }
@@ -128,8 +137,8 @@ macro_rules! impl_real {
         }
     };
 }
-impl_real!(f32);
-impl_real!(f64);
+impl_real!(f32, simd::exp_f32);
+impl_real!(f64, f64::exp);
 
 /// The CPU backend, storing `Vec<T>` (`f32` by default; `f64` for gradient checks).
 pub struct CpuBackend<T = f32> {

@@ -3,7 +3,7 @@
 //! logits never exist whole (only a `[ROWS, vocab]` scratch).
 //!
 //! For each chunk: `z = hidden·lm_headᵀ` (faer), then per row (rayon) with `mx = max z`,
-//! `e_j = exp(z_j − mx)`, `s = Σ e_j` (index order), `lse = mx + ln s`, `loss = lse − z_t`;
+//! `e_j = exp(z_j − mx)` (`simd.rs`), `s = Σ e_j` (fixed lane order, `simd.rs`), `lse = mx + ln s`, `loss = lse − z_t`;
 //! when a gradient is wanted the row becomes `dz_j = e_j · (loss_scale / s) − [j = t]·loss_scale`
 //! (all zero for ignored targets) and `dhidden = dz·lm_head` (faer, overwriting).
 //! A chunk whose targets are all ignored is skipped (losses 0, dhidden 0).
@@ -11,6 +11,7 @@
 use rayon::prelude::*;
 
 use super::gemm::Gemm;
+use super::simd::{exp_sub_sum, row_max, scale_row};
 use super::Real;
 use crate::error::{Error, Result};
 
@@ -111,23 +112,12 @@ fn row_softmax<T: Real>(row: &mut [T], t: i32, want_grad: bool, scale: T, loss: 
     }
     let t = t as usize;
     let zt = row[t];
-    let mut mx = T::NEG_INFINITY;
-    for &v in row.iter() {
-        mx = mx.max(v);
-    }
-    let mut s = T::ZERO;
-    for v in row.iter_mut() {
-        let e = (*v - mx).exp();
-        *v = e;
-        s += e;
-    }
+    let mx = row_max(row);
+    let s = exp_sub_sum(row, mx);
     let lse = mx + s.ln();
     *loss = (lse - zt).to_f32();
     if want_grad {
-        let c = scale / s;
-        for v in row.iter_mut() {
-            *v *= c;
-        }
+        scale_row(row, scale / s);
         row[t] -= scale;
     }
 }
@@ -249,5 +239,34 @@ mod tests {
         let ((l1, d1), (l2, d2)) = (run(1), run(2));
         assert!(same_bits(&l1, &l2));
         assert!(same_bits(&d1, &d2));
+    }
+
+    /// Timing at SmolLM2's lm_head shape for `XENT_N` tokens (default 256), single thread:
+    /// `cargo test --lib xent_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn xent_timing() {
+        let n: usize = std::env::var("XENT_N").map_or(256, |v| v.parse().unwrap());
+        let (h, vocab) = (576, 49152);
+        let be = CpuBackend::<f32>::new();
+        let mut rng = Rng(14);
+        let hidden: Vec<f32> = randn_f32(&mut rng, n * h)
+            .iter()
+            .map(|x| x * 0.05)
+            .collect();
+        let lm: Vec<f32> = randn_f32(&mut rng, vocab * h)
+            .iter()
+            .map(|x| x * 0.05)
+            .collect();
+        let tg = targets(&mut rng, n, vocab);
+        let mut dh = vec![0.0f32; n * h];
+        in_pool(1, || {
+            let t = std::time::Instant::now();
+            be.cross_entropy(Some(&mut dh), &hidden, &lm, &tg, n, h, vocab, 1.0)
+                .unwrap();
+            let dt = t.elapsed().as_secs_f64();
+            let gflop = 4.0 * (n * h * vocab) as f64 * 1e-9;
+            println!("n={n}: {dt:.3} s, {:.1} GFLOP/s", gflop / dt);
+        });
     }
 }
