@@ -5,8 +5,10 @@
 //! (a Linear weight is `[out, in]`, Q/K rows in HF's half-split RoPE order), so the model code
 //! never knows which file a weight came from.
 
+pub mod batch; // Batch, Sample: a step's tokens, labels, positions, sample starts
 pub mod config; // ModelConfig, Arch, RopeScaling
 
+pub use batch::{Batch, Sample};
 pub use config::{Arch, ModelConfig, RopeScaling};
 
 use crate::tensor::Tensor;
