@@ -5,8 +5,10 @@
 //! `B [out, r]` and `s = alpha / r` (or `alpha / sqrt(r)` with rsLoRA), exactly as PEFT does.
 
 pub mod params; // LoraWeights (host A/B), init, counter_hash, target_dims
+pub mod state; // LoraState, LoraGrads: device copies of A/B and their gradients
 
 pub use params::{counter_hash, target_dims, LoraPair, LoraWeights};
+pub use state::{LoraGrads, LoraPairBufs, LoraState};
 
 use crate::error::{Error, Result};
 

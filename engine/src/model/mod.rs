@@ -7,9 +7,14 @@
 
 pub mod batch; // Batch, Sample: a step's tokens, labels, positions, sample starts
 pub mod config; // ModelConfig, Arch, RopeScaling
+pub mod llama; // Llama: frozen weights, forward, forward_backward, forward_loss, logits_last
+mod llama_backward; // layer_backward, linear_backward (LoRA through the rank)
+mod llama_forward; // Ctx: linear_forward, layer_forward; DeviceLayer
+mod plan; // Plan, LayerActs, GradScratch: the activation buffers of a step
 
 pub use batch::{Batch, Sample};
 pub use config::{Arch, ModelConfig, RopeScaling};
+pub use llama::{Llama, StepOptions, StepStats};
 
 use crate::tensor::Tensor;
 
