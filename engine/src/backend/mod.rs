@@ -13,6 +13,7 @@
 //!   of threads (fixed reduction orders, partitions that depend on the problem size only).
 
 pub mod cpu; // CpuBackend: reference semantics
+pub mod rope_table; // RopeTable::new, rope_inv_freq (llama3 scaling)
 
 use crate::error::Result;
 
