@@ -85,9 +85,9 @@ fn fd_check(arch: Arch, tied: bool, dropout: f32, recompute: bool) {
                     } else {
                         (&mut plus.pairs_mut()[pi].b, &mut minus.pairs_mut()[pi].b)
                     };
-                    for i in 0..len {
-                        tp.data[i] += step * dir[i];
-                        tm.data[i] -= step * dir[i];
+                    for ((up, down), &d) in tp.data.iter_mut().zip(tm.data.iter_mut()).zip(&dir) {
+                        *up += step * d;
+                        *down -= step * d;
                     }
                     let lp = loss_at(&mut m, &plus, &batch, &opts);
                     let lm = loss_at(&mut m, &minus, &batch, &opts);
