@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::backend::Backend;
-use gradients_engine::lora::{LoraState, LoraWeights};
+use gradients_engine::lora::{LoraConfig, LoraState, LoraWeights, Target};
 use gradients_engine::model::{Arch, Batch, Llama, ModelConfig, ModelWeights, StepOptions};
 
 /// Loss of one forward_backward (same dropout masks as the analytic step).
@@ -25,10 +25,11 @@ fn loss_at(
     s.sum_loss / s.num_targets as f64
 }
 
-fn fd_check(arch: Arch, tied: bool, dropout: f32, recompute: bool) {
+fn fd_check(arch: Arch, tied: bool, lcfg: LoraConfig, recompute: bool) {
+    let dropout = lcfg.dropout;
     let cfg = tiny_config(arch, 2, tied);
     let w = random_weights(&cfg, 31);
-    let lw = random_lora(&cfg, &lora_config(4, dropout), 6, 0.3);
+    let lw = random_lora(&cfg, &lcfg, 6, 0.3);
     let batch = mixed_batch(10, cfg.vocab_size, 8);
     let opts = StepOptions {
         recompute,
@@ -116,12 +117,22 @@ fn fd_check(arch: Arch, tied: bool, dropout: f32, recompute: bool) {
 
 #[test]
 fn finite_differences_llama_tied() {
-    fd_check(Arch::Llama, true, 0.0, false);
+    fd_check(Arch::Llama, true, lora_config(4, 0.0), false);
 }
 
 #[test]
 fn finite_differences_qwen2_untied_dropout_recompute() {
-    fd_check(Arch::Qwen2, false, 0.2, true);
+    fd_check(Arch::Qwen2, false, lora_config(4, 0.2), true);
+}
+
+#[test]
+fn finite_differences_mistral_some_targets_rslora() {
+    let lcfg = LoraConfig {
+        targets: vec![Target::Q, Target::V, Target::Down],
+        use_rslora: true,
+        ..lora_config(2, 0.0)
+    };
+    fd_check(Arch::Mistral, true, lcfg, false);
 }
 
 fn f32_setup(

@@ -6,13 +6,13 @@ mod common;
 
 use common::*;
 use gradients_engine::backend::cpu::CpuBackend;
-use gradients_engine::lora::{LoraState, LoraWeights};
+use gradients_engine::lora::{LoraConfig, LoraState, LoraWeights, Target};
 use gradients_engine::model::{Arch, Batch, Llama, Sample};
 
-fn check_against_reference(arch: Arch, tied: bool, layers: usize) {
+fn check_against_reference(arch: Arch, tied: bool, layers: usize, lcfg: LoraConfig) {
     let cfg = tiny_config(arch, layers, tied);
     let w = random_weights(&cfg, 11);
-    let lw = random_lora(&cfg, &lora_config(4, 0.0), 5, 0.3);
+    let lw = random_lora(&cfg, &lcfg, 5, 0.3);
     let batch = mixed_batch(12, cfg.vocab_size, 3);
     let (ref_losses, ref_logits) = reference_forward(&cfg, &w, Some(&lw), &batch);
     let (ref_base, _) = reference_forward(&cfg, &w, None, &batch);
@@ -68,12 +68,22 @@ fn check_against_reference(arch: Arch, tied: bool, layers: usize) {
 
 #[test]
 fn llama_one_layer_matches_reference() {
-    check_against_reference(Arch::Llama, true, 1);
+    check_against_reference(Arch::Llama, true, 1, lora_config(4, 0.0));
 }
 
 #[test]
 fn qwen2_untied_two_layers_matches_reference() {
-    check_against_reference(Arch::Qwen2, false, 2);
+    check_against_reference(Arch::Qwen2, false, 2, lora_config(4, 0.0));
+}
+
+#[test]
+fn some_targets_rslora_match_reference() {
+    let lcfg = LoraConfig {
+        targets: vec![Target::K, Target::O, Target::Up],
+        use_rslora: true,
+        ..lora_config(3, 0.0)
+    };
+    check_against_reference(Arch::Mistral, true, 2, lcfg);
 }
 
 #[test]
