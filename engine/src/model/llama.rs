@@ -99,8 +99,15 @@ impl<B: Backend> Llama<B> {
         }
         check("embed_tokens", &w.embed, &[v, h])?;
         check("norm", &w.final_norm, &[h])?;
-        if let Some(lm) = &w.lm_head {
-            check("lm_head", lm, &[v, h])?;
+        match &w.lm_head {
+            Some(lm) => check("lm_head", lm, &[v, h])?,
+            None if !cfg.tie_word_embeddings => {
+                return Err(Error::shape(
+                    "llama weights",
+                    "lm_head: missing, and tie_word_embeddings is false",
+                ))
+            }
+            None => {}
         }
         let up = |t: &Tensor| be.upload(&t.data);
         let mut layers = Vec::with_capacity(w.layers.len());
