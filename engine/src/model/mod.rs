@@ -9,6 +9,10 @@ pub mod config; // ModelConfig, Arch, RopeScaling
 pub mod gguf; // GgufFile, GgufMeta, GgufValue, GgufTensorInfo: GGUF v2/v3 parsing
 pub mod gguf_load; // load_gguf: llama GGUF -> ModelConfig + ModelWeights (Q/K unpermuted)
 pub mod gguf_quant; // GgmlType, dequantize (F32/F16/BF16/Q8_0/Q4_0/Q4_1)
+#[cfg(test)]
+mod gguf_tests; // unit tests of the GGUF parser, dequantisers and llama loader
+#[cfg(test)]
+pub(crate) mod gguf_writer; // GgufWriter: tiny GGUF files written in tests
 
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use gguf_load::load_gguf;
