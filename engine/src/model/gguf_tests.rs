@@ -496,6 +496,27 @@ fn model_errors_name_the_file_and_tensor() {
     let msg = err.to_string();
     assert!(msg.contains("arch.gguf") && msg.contains("qwen3"), "{msg}");
 
+    for (key, value, what) in [
+        (
+            "llama.expert_count",
+            GgufValue::U32(8),
+            "mixture-of-experts",
+        ),
+        (
+            "llama.rope.dimension_count",
+            GgufValue::U32(2),
+            "partial rotary",
+        ),
+    ] {
+        let mut moe = GgufWriter::new();
+        moe.kv = w.kv.clone();
+        moe.kv.push((key.into(), value));
+        let path = moe.write(dir.path(), "moe.gguf");
+        let err = load_gguf(&path).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Unsupported(_)), "{err}");
+        assert!(err.to_string().contains(what), "{err}");
+    }
+
     let mut no_heads = GgufWriter::new();
     no_heads.kv = w.kv.clone();
     no_heads
@@ -507,4 +528,19 @@ fn model_errors_name_the_file_and_tensor() {
         msg.contains("heads.gguf") && msg.contains("llama.attention.head_count"),
         "{msg}"
     );
+}
+
+#[test]
+fn values_display_for_listings() {
+    let long = GgufValue::Array((0..20).map(GgufValue::U32).collect());
+    assert_eq!(long.to_string(), "[0, 1, 2, 3, 4, 5, 6, 7, … (20 items)]");
+    let short = GgufValue::Array(vec![
+        GgufValue::String("a\"b".into()),
+        GgufValue::Bool(true),
+    ]);
+    assert_eq!(short.to_string(), r#"["a\"b", true]"#);
+    let text = GgufValue::String("x".repeat(200));
+    assert!(text.to_string().ends_with("… (200 bytes)"));
+    assert_eq!(GgufValue::F32(1.5).to_string(), "1.5");
+    assert_eq!(GgufValue::I64(-3).type_name(), "i64");
 }
