@@ -128,6 +128,18 @@ pub fn config_from_meta(meta: &GgufMeta) -> Result<ModelConfig> {
         bos_token_id: id("tokenizer.ggml.bos_token_id")?,
         eos_token_id: id("tokenizer.ggml.eos_token_id")?,
     };
+    // A corrupt count must not size allocations: every block has tensors of its own.
+    if config.num_layers > meta.tensors.len() {
+        return Err(Error::config(
+            &src,
+            "llama.block_count",
+            format!(
+                "{} blocks but the file has {} tensors",
+                config.num_layers,
+                meta.tensors.len()
+            ),
+        ));
+    }
     config.validate(&src)?;
     Ok(config)
 }

@@ -517,6 +517,21 @@ fn model_errors_name_the_file_and_tensor() {
         assert!(err.to_string().contains(what), "{err}");
     }
 
+    let mut huge = GgufWriter::new();
+    huge.kv = w.kv.clone();
+    huge.tensors = w.tensors.clone();
+    for (k, v) in huge.kv.iter_mut() {
+        if k == "llama.block_count" {
+            *v = GgufValue::U64(1 << 60);
+        }
+    }
+    let path = huge.write(dir.path(), "huge.gguf");
+    let msg = load_gguf(&path).unwrap_err().to_string();
+    assert!(
+        msg.contains("huge.gguf") && msg.contains("llama.block_count"),
+        "{msg}"
+    );
+
     let mut no_heads = GgufWriter::new();
     no_heads.kv = w.kv.clone();
     no_heads
