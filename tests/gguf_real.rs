@@ -236,7 +236,6 @@ fn tokenizer_ids_match_transformers() {
     assert_eq!(tok.eos_id(), Some(2));
     assert_eq!(tok.bos_id(), Some(1));
     assert_eq!(tok.vocab_size(), 49152);
-    assert!(!tok.add_bos_token());
     assert_eq!(tok.id_to_token(0).as_deref(), Some("<|endoftext|>"));
 }
 

@@ -37,7 +37,6 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos_id: Option<u32>,
     eos_id: Option<u32>,
-    add_bos: bool,
     chat_template: Option<String>,
 }
 
@@ -134,10 +133,6 @@ impl Tokenizer {
             inner,
             bos_id: id("tokenizer.ggml.bos_token_id")?,
             eos_id: id("tokenizer.ggml.eos_token_id")?,
-            add_bos: meta
-                .get("tokenizer.ggml.add_bos_token")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
             chat_template: meta.get_str("tokenizer.chat_template")?.map(str::to_string),
         })
     }
@@ -177,12 +172,6 @@ impl Tokenizer {
     /// Beginning-of-sequence id (`tokenizer.ggml.bos_token_id`).
     pub fn bos_id(&self) -> Option<u32> {
         self.bos_id
-    }
-
-    /// Whether the model expects a BOS first (`tokenizer.ggml.add_bos_token`); `encode`
-    /// never adds it, callers that build sequences do.
-    pub fn add_bos_token(&self) -> bool {
-        self.add_bos
     }
 
     /// End-of-sequence id (`tokenizer.ggml.eos_token_id`).
