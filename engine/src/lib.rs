@@ -9,6 +9,7 @@
 pub mod assets; // smollm2_gguf, alpaca_en_demo, dpo_en_demo: cached real test assets
 pub mod backend; // Backend trait (the op set), RopeTable, cpu::CpuBackend
 pub mod error; // Error, ErrorKind, Result
+pub mod io; // write_atomic, write_atomic_with (temp file + fsync + rename)
 pub mod lora; // Target, LoraConfig; adapter parameters and PEFT files
 pub mod model; // ModelConfig, ModelWeights, loaders, llama forward/backward
 pub mod tensor; // DType, Tensor (host f32 storage)

@@ -9,6 +9,7 @@
 //! model/gguf_load.rs; the data pipeline (data/) calls `encode` and `render_chat`.
 
 pub mod chat; // ChatMessage, render_chat, render_chat_with_tokens (minijinja)
+mod hf; // Tokenizer::from_hf_dir (tokenizer.json + tokenizer_config.json)
 
 pub use chat::{render_chat, render_chat_with_tokens, ChatMessage};
 

@@ -13,6 +13,10 @@ pub mod gguf_quant; // GgmlType, dequantize (F32/F16/BF16/Q8_0/Q4_0/Q4_1)
 mod gguf_tests; // unit tests of the GGUF parser, dequantisers and llama loader
 #[cfg(test)]
 pub(crate) mod gguf_writer; // GgufWriter: tiny GGUF files written in tests
+pub mod hf_config; // load_hf_config, parse_hf_config, hf_config_json (HF config.json)
+pub mod hf_model; // load_hf_model, save_hf_model, load_weights (HF names -> ModelWeights)
+pub mod load; // load_model: GGUF file or HF dir -> LoadedModel (config, weights, tokenizer)
+pub mod st; // SafetensorsFile, TensorStore (mmap, shards), write_safetensors
 
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use gguf_load::load_gguf;
