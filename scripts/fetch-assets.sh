@@ -22,13 +22,14 @@ mkdir -p "$CACHE" || die "cannot create cache dir $CACHE"
 TMP="$(mktemp -d "$CACHE/.tmp.XXXXXX")" || die "cannot create a temp dir in $CACHE"
 trap 'rm -rf "$TMP"' EXIT
 
-pip_cmd() {
+# The pip to use: $PIP, else python3 -m pip, else pip.
+find_pip() {
     if [ -n "${PIP:-}" ]; then
-        $PIP "$@"
+        echo "$PIP"
     elif python3 -m pip --version >/dev/null 2>&1; then
-        python3 -m pip "$@"
+        echo "python3 -m pip"
     elif command -v pip >/dev/null 2>&1; then
-        pip "$@"
+        echo "pip"
     else
         die "no pip found (set PIP, or install python3 with pip)"
     fi
@@ -39,9 +40,11 @@ pip_fetch() {
     local file="$1"
     shift
     [ -s "$CACHE/$file" ] && return 0
-    local dl="$TMP/pip"
+    local dl="$TMP/pip" pip
+    pip="$(find_pip)" || exit 1
     mkdir -p "$dl"
-    if ! pip_cmd download --quiet --no-deps --dest "$dl" "$@" >"$TMP/pip.log" 2>&1; then
+    # shellcheck disable=SC2086 # $pip may be a command with arguments
+    if ! $pip download --quiet --no-deps --dest "$dl" "$@" >"$TMP/pip.log" 2>&1; then
         cat "$TMP/pip.log" >&2
         die "pip could not download $* (is the package registry reachable?)"
     fi

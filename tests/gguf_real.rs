@@ -96,7 +96,8 @@ fn config_matches_the_model_card() {
     assert_eq!(params, 134_515_008);
 }
 
-/// From tools/gguf_reference.py (the `gguf` package's dequantiser, numpy unpermute):
+/// From tools/gguf_reference.py (the `gguf` package's dequantiser, numpy unpermute; the q/k
+/// values also equal transformers' own GGUF loader's q_proj/k_proj, checked once):
 /// (tensor, f64 sum of all values, [(row, col, value)]).
 #[allow(clippy::type_complexity)]
 const REFERENCE: &[(&str, f64, &[(usize, usize, f64)])] = &[

@@ -124,4 +124,58 @@ mod tests {
             }
         }
     }
+
+    fn run_script(cache: &Path) -> std::process::Output {
+        Command::new("bash")
+            .arg(fetch_script())
+            .env("GRADIENTS_CACHE", cache)
+            .env("PIP", "false") // a pip that always fails: no registry
+            .output()
+            .expect("run bash")
+    }
+
+    #[test]
+    fn script_fails_clearly_without_a_registry_and_leaves_no_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_script(dir.path());
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("pip could not download"), "{stderr}");
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("assets"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn script_reuses_cached_files_without_downloading() {
+        let (Ok(gguf), Ok(alpaca), Ok(dpo)) = (smollm2_gguf(), alpaca_en_demo(), dpo_en_demo())
+        else {
+            eprintln!("skipping: real assets unavailable");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let assets = dir.path().join("assets");
+        std::fs::create_dir(&assets).unwrap();
+        for (src, name) in [
+            (gguf, SMOLLM2_GGUF),
+            (alpaca, ALPACA_EN_DEMO),
+            (dpo, DPO_EN_DEMO),
+        ] {
+            std::os::unix::fs::symlink(src, assets.join(name)).unwrap();
+        }
+        let out = run_script(dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let printed: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .collect();
+        let want: Vec<PathBuf> = [SMOLLM2_GGUF, ALPACA_EN_DEMO, DPO_EN_DEMO]
+            .iter()
+            .map(|n| assets.join(n))
+            .collect();
+        assert_eq!(printed, want);
+    }
 }

@@ -235,3 +235,93 @@ fn byte_alphabet() -> Vec<char> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::model::gguf::GgufValue;
+    use crate::model::gguf_writer::GgufWriter;
+
+    /// A tiny byte-level BPE: `<|end|>` (control) = 0, byte b = b + 1, then merged tokens.
+    fn tiny(model: &str, pre: &str) -> Result<Tokenizer> {
+        let alphabet = byte_alphabet();
+        let mut tokens = vec!["<|end|>".to_string()];
+        tokens.extend(alphabet.iter().map(|c| c.to_string()));
+        for t in ["he", "ll", "llo", "hello", "12"] {
+            tokens.push(t.to_string());
+        }
+        let mut types = vec![GgufValue::I32(3)];
+        types.extend((1..tokens.len()).map(|_| GgufValue::I32(1)));
+        let merges = ["h e", "l l", "ll o", "he llo", "1 2"];
+        let s = |x: &str| GgufValue::String(x.to_string());
+        let mut w = GgufWriter::new();
+        w.kv("tokenizer.ggml.model", s(model))
+            .kv("tokenizer.ggml.pre", s(pre))
+            .kv(
+                "tokenizer.ggml.tokens",
+                GgufValue::Array(tokens.iter().map(|t| s(t)).collect()),
+            )
+            .kv("tokenizer.ggml.token_type", GgufValue::Array(types))
+            .kv(
+                "tokenizer.ggml.merges",
+                GgufValue::Array(merges.iter().map(|m| s(m)).collect()),
+            )
+            .kv("tokenizer.ggml.eos_token_id", GgufValue::U32(0))
+            .kv(
+                "tokenizer.chat_template",
+                s("{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}"),
+            );
+        let meta = GgufMeta::parse(Path::new("tiny.gguf"), &w.to_bytes())?;
+        Tokenizer::from_gguf(&meta)
+    }
+
+    #[test]
+    fn byte_alphabet_is_a_bijection_onto_in_byte_alphabet() {
+        let a = byte_alphabet();
+        let distinct: std::collections::HashSet<_> = a.iter().collect();
+        assert_eq!(distinct.len(), 256);
+        assert!(a.iter().all(|&c| in_byte_alphabet(c)));
+        let count = (0..1000)
+            .filter_map(char::from_u32)
+            .filter(|&c| in_byte_alphabet(c))
+            .count();
+        assert_eq!(count, 256);
+        assert_eq!(
+            (a[b' ' as usize], a[b'\n' as usize], a[b'A' as usize]),
+            ('Ġ', 'Ċ', 'A')
+        );
+    }
+
+    #[test]
+    fn smollm_pre_tokenizer_splits_digits_and_keeps_specials_whole() {
+        let tok = tiny("gpt2", "smollm").unwrap();
+        let id = |b: u8| u32::from(b) + 1;
+        // "hello" merges fully; the space is Ġ; digits are split before BPE, so "12" never
+        // merges; the control token is matched whole.
+        let ids = tok.encode("hello 12<|end|>").unwrap();
+        assert_eq!(ids, [260, id(b' '), id(b'1'), id(b'2'), 0]);
+        assert_eq!(tok.decode(&ids).unwrap(), "hello 12<|end|>");
+        assert_eq!(tok.eos_id(), Some(0));
+        assert_eq!(tok.bos_id(), None);
+        let chat = tok
+            .render_chat(&[ChatMessage::new("user", "hi")], false)
+            .unwrap();
+        assert_eq!(chat, "hi<|end|>");
+        // The plain gpt2 pre-tokenizer keeps " 12" together, so the merge applies.
+        let gpt2 = tiny("gpt2", "default").unwrap();
+        assert_eq!(gpt2.encode(" 12").unwrap(), [id(b' '), 261]);
+    }
+
+    #[test]
+    fn other_tokenizer_kinds_are_unsupported() {
+        let err = tiny("llama", "default").err().unwrap().to_string();
+        assert!(
+            err.contains("tiny.gguf") && err.contains("`llama`"),
+            "{err}"
+        );
+        let err = tiny("gpt2", "qwen2").err().unwrap().to_string();
+        assert!(err.contains("pre-type `qwen2`"), "{err}");
+    }
+}

@@ -9,6 +9,7 @@
 //! `ModelWeights` is gguf_load.rs.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -95,11 +96,74 @@ impl GgufValue {
         }
     }
 
+    /// The GGUF name of the value's type (`u32`, `string`, `array`, ...).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            GgufValue::U8(_) => "u8",
+            GgufValue::I8(_) => "i8",
+            GgufValue::U16(_) => "u16",
+            GgufValue::I16(_) => "i16",
+            GgufValue::U32(_) => "u32",
+            GgufValue::I32(_) => "i32",
+            GgufValue::F32(_) => "f32",
+            GgufValue::Bool(_) => "bool",
+            GgufValue::String(_) => "string",
+            GgufValue::Array(_) => "array",
+            GgufValue::U64(_) => "u64",
+            GgufValue::I64(_) => "i64",
+            GgufValue::F64(_) => "f64",
+        }
+    }
+
     /// The flag, for a bool value.
     pub fn as_bool(&self) -> Option<bool> {
         match *self {
             GgufValue::Bool(b) => Some(b),
             _ => None,
+        }
+    }
+}
+
+/// Arrays longer than this are shown by their first elements and their length.
+const DISPLAY_ITEMS: usize = 8;
+
+/// A one-line rendering for listings (`gradients inspect`): strings quoted, long strings and
+/// arrays shortened.
+impl fmt::Display for GgufValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GgufValue::U8(v) => write!(f, "{v}"),
+            GgufValue::I8(v) => write!(f, "{v}"),
+            GgufValue::U16(v) => write!(f, "{v}"),
+            GgufValue::I16(v) => write!(f, "{v}"),
+            GgufValue::U32(v) => write!(f, "{v}"),
+            GgufValue::I32(v) => write!(f, "{v}"),
+            GgufValue::F32(v) => write!(f, "{v}"),
+            GgufValue::Bool(v) => write!(f, "{v}"),
+            GgufValue::U64(v) => write!(f, "{v}"),
+            GgufValue::I64(v) => write!(f, "{v}"),
+            GgufValue::F64(v) => write!(f, "{v}"),
+            GgufValue::String(s) => {
+                let short: String = s.chars().take(120).collect();
+                if short.len() < s.len() {
+                    write!(f, "{short:?}… ({} bytes)", s.len())
+                } else {
+                    write!(f, "{s:?}")
+                }
+            }
+            GgufValue::Array(items) => {
+                f.write_str("[")?;
+                for (i, v) in items.iter().take(DISPLAY_ITEMS).enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{v}")?;
+                }
+                if items.len() > DISPLAY_ITEMS {
+                    write!(f, ", … ({} items)", items.len())?;
+                }
+                f.write_str("]")
+            }
         }
     }
 }
@@ -167,12 +231,10 @@ impl GgufMeta {
     }
 
     fn type_error(&self, key: &str, want: &str, got: &GgufValue) -> Error {
-        let kind = format!("{got:?}");
-        let kind = kind.split('(').next().unwrap_or("?");
         Error::config(
             self.path.display().to_string(),
             key,
-            format!("expected {want}, found a {kind} value"),
+            format!("expected {want}, found {}", got.type_name()),
         )
     }
 

@@ -67,6 +67,21 @@ pub fn config_from_meta(meta: &GgufMeta) -> Result<ModelConfig> {
         .get_f64("llama.attention.layer_norm_rms_epsilon")?
         .ok_or_else(|| Error::config(&src, "llama.attention.layer_norm_rms_epsilon", "missing"))?
         as f32;
+    if meta.get_u64("llama.expert_count")?.unwrap_or(0) > 0 {
+        return Err(Error::unsupported(format!(
+            "{}: mixture-of-experts llama (`llama.expert_count`)",
+            path.display()
+        )));
+    }
+    if let Some(rot) = meta.get_u64("llama.rope.dimension_count")? {
+        if rot as usize != head_dim {
+            return Err(Error::unsupported(format!(
+                "{}: partial rotary embeddings (llama.rope.dimension_count {rot}, head_dim \
+                 {head_dim})",
+                path.display()
+            )));
+        }
+    }
     let rope_theta = meta.get_f64("llama.rope.freq_base")?.unwrap_or(10_000.0) as f32;
     if let Some(kind) = meta.get_str("llama.rope.scaling.type")? {
         if kind != "none" {
@@ -113,6 +128,18 @@ pub fn config_from_meta(meta: &GgufMeta) -> Result<ModelConfig> {
         bos_token_id: id("tokenizer.ggml.bos_token_id")?,
         eos_token_id: id("tokenizer.ggml.eos_token_id")?,
     };
+    // A corrupt count must not size allocations: every block has tensors of its own.
+    if config.num_layers > meta.tensors.len() {
+        return Err(Error::config(
+            &src,
+            "llama.block_count",
+            format!(
+                "{} blocks but the file has {} tensors",
+                config.num_layers,
+                meta.tensors.len()
+            ),
+        ));
+    }
     config.validate(&src)?;
     Ok(config)
 }
@@ -121,7 +148,7 @@ pub fn config_from_meta(meta: &GgufMeta) -> Result<ModelConfig> {
 #[derive(Clone, Copy)]
 enum Fix {
     /// Take as is.
-    None,
+    AsIs,
     /// Undo llama.cpp's Q/K row permutation with this many heads.
     Unpermute(usize),
 }
@@ -138,20 +165,20 @@ fn plan(config: &ModelConfig) -> Vec<(String, Vec<usize>, Fix)> {
         (
             "token_embd.weight".to_string(),
             vec![config.vocab_size, h],
-            Fix::None,
+            Fix::AsIs,
         ),
-        ("output_norm.weight".to_string(), vec![h], Fix::None),
+        ("output_norm.weight".to_string(), vec![h], Fix::AsIs),
     ];
     if !config.tie_word_embeddings {
         p.push((
             "output.weight".into(),
             vec![config.vocab_size, h],
-            Fix::None,
+            Fix::AsIs,
         ));
     }
     for l in 0..config.num_layers {
         let b = |s: &str| format!("blk.{l}.{s}");
-        p.push((b("attn_norm.weight"), vec![h], Fix::None));
+        p.push((b("attn_norm.weight"), vec![h], Fix::AsIs));
         p.push((
             b("attn_q.weight"),
             vec![q, h],
@@ -162,12 +189,12 @@ fn plan(config: &ModelConfig) -> Vec<(String, Vec<usize>, Fix)> {
             vec![kv, h],
             Fix::Unpermute(config.num_kv_heads),
         ));
-        p.push((b("attn_v.weight"), vec![kv, h], Fix::None));
-        p.push((b("attn_output.weight"), vec![h, q], Fix::None));
-        p.push((b("ffn_norm.weight"), vec![h], Fix::None));
-        p.push((b("ffn_gate.weight"), vec![ff, h], Fix::None));
-        p.push((b("ffn_up.weight"), vec![ff, h], Fix::None));
-        p.push((b("ffn_down.weight"), vec![h, ff], Fix::None));
+        p.push((b("attn_v.weight"), vec![kv, h], Fix::AsIs));
+        p.push((b("attn_output.weight"), vec![h, q], Fix::AsIs));
+        p.push((b("ffn_norm.weight"), vec![h], Fix::AsIs));
+        p.push((b("ffn_gate.weight"), vec![ff, h], Fix::AsIs));
+        p.push((b("ffn_up.weight"), vec![ff, h], Fix::AsIs));
+        p.push((b("ffn_down.weight"), vec![h, ff], Fix::AsIs));
         if config.attention_bias {
             p.push((b("attn_q.bias"), vec![q], Fix::Unpermute(config.num_heads)));
             p.push((
@@ -175,7 +202,7 @@ fn plan(config: &ModelConfig) -> Vec<(String, Vec<usize>, Fix)> {
                 vec![kv],
                 Fix::Unpermute(config.num_kv_heads),
             ));
-            p.push((b("attn_v.bias"), vec![kv], Fix::None));
+            p.push((b("attn_v.bias"), vec![kv], Fix::AsIs));
         }
     }
     p
@@ -184,7 +211,7 @@ fn plan(config: &ModelConfig) -> Vec<(String, Vec<usize>, Fix)> {
 fn load_weights(file: &GgufFile, config: &ModelConfig) -> Result<ModelWeights> {
     let path = &file.meta().path;
     let plan = plan(config);
-    let mut loaded: Vec<Tensor> = plan
+    let loaded: Vec<Tensor> = plan
         .par_iter()
         .map(|(name, shape, fix)| {
             let t = file.tensor(name)?;
@@ -199,7 +226,7 @@ fn load_weights(file: &GgufFile, config: &ModelConfig) -> Result<ModelWeights> {
                 ));
             }
             match *fix {
-                Fix::None => Ok(t),
+                Fix::AsIs => Ok(t),
                 Fix::Unpermute(n_head) => {
                     unpermute_rows(&t, n_head).map_err(|msg| Error::tensor(path, name, msg))
                 }
@@ -207,7 +234,7 @@ fn load_weights(file: &GgufFile, config: &ModelConfig) -> Result<ModelWeights> {
         })
         .collect::<Result<_>>()?;
     // Hand the tensors out in plan order without copying them.
-    let mut it = loaded.drain(..);
+    let mut it = loaded.into_iter();
     let mut next = || {
         it.next()
             .ok_or_else(|| Error::format(path, "internal: plan exhausted"))
