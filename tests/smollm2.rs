@@ -29,7 +29,13 @@ fn greedy(model: &mut Llama<CpuBackend>, tok: &Tokenizer, prompt: &[u32], max: u
         let next = logits
             .iter()
             .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            })
             .0 as u32;
         if Some(next) == eos {
             break;
@@ -44,10 +50,13 @@ fn smollm2_answers_the_capital_of_france() {
     let Some(m) = model() else { return };
     let tok = m.tokenizer.as_ref().expect("the GGUF carries a tokenizer");
     let text = tok
-        .render_chat(&[ChatMessage::new("user", "What is the capital of France?")], true)
+        .render_chat(
+            &[ChatMessage::new("user", "What is the capital of France?")],
+            true,
+        )
         .unwrap();
     let prompt = tok.encode(&text).unwrap();
-    let mut model = Llama::new(CpuBackend::new(), &m.config, &m.weights).unwrap();
+    let mut model = Llama::new(CpuBackend::<f32>::new(), &m.config, &m.weights).unwrap();
     let answer = greedy(&mut model, tok, &prompt, 12);
     eprintln!("answer: {answer:?}");
     assert!(answer.contains("Paris"), "answer was {answer:?}");
@@ -63,14 +72,27 @@ fn smollm2_perplexity_of_plain_english_is_low() {
         are always happy to help them find stories about animals, space and faraway places.";
     let ids = tok.encode(passage).unwrap();
     let labels: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-    let batch = Batch::unpacked(&[Sample { input_ids: &ids, labels: &labels }], ids.len(), m.config.vocab_size)
-        .unwrap();
-    let mut model = Llama::new(CpuBackend::new(), &m.config, &m.weights).unwrap();
+    let batch = Batch::unpacked(
+        &[Sample {
+            input_ids: &ids,
+            labels: &labels,
+        }],
+        ids.len(),
+        m.config.vocab_size,
+    )
+    .unwrap();
+    let mut model = Llama::new(CpuBackend::<f32>::new(), &m.config, &m.weights).unwrap();
     let losses = model.forward_loss(&batch, None).unwrap();
     let n = batch.num_targets();
     let mean = losses.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
     let ppl = mean.exp();
     eprintln!("perplexity {ppl:.2} over {n} tokens");
-    // Uniform guessing is 49,152; the notes measure about 8 for prose with transformers.
-    assert!(ppl < 20.0, "perplexity {ppl}");
+    // Uniform guessing is 49,152. transformers on the same dequantised weights gives
+    // 25.320349 on this passage (tools/smollm2_perplexity.py); a missing Q/K un-permutation
+    // or a RoPE/tokenizer slip moves it by far more than the tolerance.
+    let reference = 25.320349;
+    assert!(
+        (ppl - reference).abs() / reference < 1e-3,
+        "perplexity {ppl}, transformers {reference}"
+    );
 }

@@ -52,18 +52,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .build_global()
             .context("setting the rayon thread count")?;
     }
-    anyhow::ensure!(args.batch > 0 && args.seq > 1 && args.steps > 0, "batch, seq and steps must be positive (seq > 1)");
+    anyhow::ensure!(
+        args.batch > 0 && args.seq > 1 && args.steps > 0,
+        "batch, seq and steps must be positive (seq > 1)"
+    );
     let m = load_model(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let cfg = &m.config;
-    let be = CpuBackend::new();
+    let be: CpuBackend = CpuBackend::new();
     let mut model = Llama::new(be.clone(), cfg, &m.weights)?;
-    let lcfg = LoraConfig { rank: args.rank, alpha: 2.0 * args.rank as f32, ..LoraConfig::default() };
+    let lcfg = LoraConfig {
+        rank: args.rank,
+        alpha: 2.0 * args.rank as f32,
+        ..LoraConfig::default()
+    };
     let lw = LoraWeights::init(cfg, &lcfg, 0)?;
     let mut lora = LoraState::upload(&be, &lw)?;
     let mut grads = lora.zeros_grads(&be)?;
     let lens: Vec<usize> = lora.params().iter().map(|p| be.len(p)).collect();
-    let adam = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() };
+    let adam = AdamWConfig {
+        weight_decay: 0.0,
+        ..AdamWConfig::default()
+    };
     let mut opt = AdamW::new(&be, adam, &lens)?;
 
     // splitmix64 token ids: fixed, so runs are comparable.
@@ -76,11 +86,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         z ^ (z >> 31)
     };
     let rows: Vec<Vec<u32>> = (0..args.batch)
-        .map(|_| (0..args.seq).map(|_| (next() % cfg.vocab_size as u64) as u32).collect())
+        .map(|_| {
+            (0..args.seq)
+                .map(|_| (next() % cfg.vocab_size as u64) as u32)
+                .collect()
+        })
         .collect();
-    let labels: Vec<Vec<i32>> = rows.iter().map(|r| r.iter().map(|&i| i as i32).collect()).collect();
-    let samples: Vec<Sample> =
-        rows.iter().zip(&labels).map(|(i, l)| Sample { input_ids: i, labels: l }).collect();
+    let labels: Vec<Vec<i32>> = rows
+        .iter()
+        .map(|r| r.iter().map(|&i| i as i32).collect())
+        .collect();
+    let samples: Vec<Sample> = rows
+        .iter()
+        .zip(&labels)
+        .map(|(i, l)| Sample {
+            input_ids: i,
+            labels: l,
+        })
+        .collect();
     let batch = Batch::unpacked(&samples, args.seq, cfg.vocab_size)?;
     let ntok = (args.batch * args.seq) as f64;
 
@@ -88,7 +111,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut train_s = 0.0;
     for i in 0..args.warmup + args.steps {
         let t0 = Instant::now();
-        let opts = StepOptions { recompute: args.recompute, step: i as u64, ..StepOptions::default() };
+        let opts = StepOptions {
+            recompute: args.recompute,
+            step: i as u64,
+            ..StepOptions::default()
+        };
         let s = model.forward_backward(&batch, &lora, &mut grads, &opts)?;
         let g = grads.bufs();
         let mut p = lora.params_mut();

@@ -42,7 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         tok.render_chat(&[ChatMessage::new("user", args.prompt.as_str())], true)?
     };
-    let be = CpuBackend::new();
+    let be: CpuBackend = CpuBackend::new();
     let mut model = Llama::new(be.clone(), &m.config, &m.weights)?;
     let lora = match &args.adapter {
         Some(dir) => {

@@ -15,13 +15,16 @@ impl LoraWeights {
         let mut w = LoraWeights::zeros(cfg, &adapter.config)?;
         for pair in w.pairs_mut() {
             for (factor, slot) in [(LoraFactor::A, &mut pair.a), (LoraFactor::B, &mut pair.b)] {
-                let t = adapter.tensors.get(&(pair.layer, pair.target, factor)).ok_or_else(|| {
-                    Error::unsupported(format!(
-                        "adapter has no lora_{factor:?} for layer {} {}",
-                        pair.layer,
-                        pair.target.module_path()
-                    ))
-                })?;
+                let t = adapter
+                    .tensors
+                    .get(&(pair.layer, pair.target, factor))
+                    .ok_or_else(|| {
+                        Error::unsupported(format!(
+                            "adapter has no lora_{factor:?} for layer {} {}",
+                            pair.layer,
+                            pair.target.module_path()
+                        ))
+                    })?;
                 if t.shape != slot.shape {
                     return Err(Error::shape(
                         "lora from_peft",
@@ -47,7 +50,10 @@ impl LoraWeights {
             tensors.insert((layer, target, LoraFactor::A), a.clone());
             tensors.insert((layer, target, LoraFactor::B), b.clone());
         }
-        PeftAdapter { config: self.config.clone(), tensors }
+        PeftAdapter {
+            config: self.config.clone(),
+            tensors,
+        }
     }
 
     /// Load a PEFT adapter directory (`adapter_config.json` + `adapter_model.safetensors`).
