@@ -4,6 +4,10 @@
 //! A LoRA adapter on a Linear weight `W [out, in]` adds `s · B·A` with `A [r, in]`,
 //! `B [out, r]` and `s = alpha / r` (or `alpha / sqrt(r)` with rsLoRA), exactly as PEFT does.
 
+pub mod params; // LoraWeights (host A/B), init, counter_hash, target_dims
+
+pub use params::{counter_hash, target_dims, LoraPair, LoraWeights};
+
 use crate::error::{Error, Result};
 
 pub mod peft; // PeftAdapter, read_peft_adapter, write_peft_adapter (PEFT adapter dirs)

@@ -5,6 +5,7 @@
 //! (a Linear weight is `[out, in]`, Q/K rows in HF's half-split RoPE order), so the model code
 //! never knows which file a weight came from.
 
+pub mod batch; // Batch, Sample: a step's tokens, labels, positions, sample starts
 pub mod config; // ModelConfig, Arch, RopeScaling
 pub mod gguf; // GgufFile, GgufMeta, GgufValue, GgufTensorInfo: GGUF v2/v3 parsing
 pub mod gguf_load; // load_gguf: llama GGUF -> ModelConfig + ModelWeights (Q/K unpermuted)
@@ -13,6 +14,7 @@ pub mod hf_config; // load_hf_config, parse_hf_config, hf_config_json (HF config
 pub mod hf_model; // load_hf_model, save_hf_model, load_weights (HF names -> ModelWeights)
 pub mod st; // SafetensorsFile, TensorStore (mmap, shards), write_safetensors
 
+pub use batch::{Batch, Sample};
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use gguf_load::load_gguf;
 
