@@ -377,3 +377,68 @@ fn mappings_deserialize_with_defaults() {
         serde_json::from_value::<Mapping>(json!({"task_type": "dpo", "field_promt": "x"})).is_err()
     );
 }
+
+#[test]
+fn template_names_and_live_network_defaults() {
+    use gradients_engine::data::chat::resolve_template;
+    let own =
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{{ eos_token }}{% endfor %}";
+    let tok = ByteTok {
+        template: Some(own.to_string()),
+    };
+    assert_eq!(resolve_template(None, &tok).unwrap(), own);
+    assert_eq!(
+        resolve_template(Some("tokenizer_default"), &tok).unwrap(),
+        own
+    );
+    assert_eq!(
+        resolve_template(Some("ChatML"), &tok).unwrap(),
+        CHATML_TEMPLATE
+    );
+    let err = resolve_template(Some("llama9"), &tok)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("chat_template") && err.contains("llama9"),
+        "{err}"
+    );
+    // the tokenizer's own template is used by default; its eos ends the trained span
+    let data = rows(json!([{"conversations": [
+        {"from": "user", "value": "u"}, {"from": "assistant", "value": "a"}
+    ]}]));
+    let (s, _) = tokenize_sft(
+        &tok,
+        &Mapping::Chat(ChatMapping::default()),
+        &data,
+        path(),
+        opts(64),
+    )
+    .unwrap();
+    assert_eq!(
+        tok.decode(&s[0].input_ids),
+        "[user]u<|im_end|>[assistant]a<|im_end|>"
+    );
+    assert_eq!(split_text(&tok, &s[0]).1, "a<|im_end|>");
+
+    // G.O.D's DPO type carries "{prompt}"/"{chosen}"/"{rejected}" and still uses chatml.intel
+    let m: DpoMapping = serde_json::from_value(json!({
+        "field_prompt": "p", "field_chosen": "c", "field_rejected": "r",
+        "prompt_format": "{prompt}", "chosen_format": "{chosen}", "rejected_format": "{rejected}"
+    }))
+    .unwrap();
+    let d = tokenize_dpo(
+        &tok,
+        &m,
+        &rows(json!([{"p": "Q", "c": "y", "r": "n"}])),
+        path(),
+    )
+    .unwrap();
+    assert!(tok.decode(&d[0].prompt).starts_with("<|im_start|>user\nQ"));
+    // G.O.D's instruct type carries `field`; it is accepted
+    let m: Mapping = serde_json::from_value(json!({
+        "task_type": "instruct", "field_instruction": "q", "field_output": "a", "field": null,
+        "system_prompt": "", "system_format": "{system}"
+    }))
+    .unwrap();
+    assert!(m.validate().is_ok());
+}

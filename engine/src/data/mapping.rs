@@ -17,9 +17,13 @@
 //!   map to ChatML's user / assistant / system.
 //! - dpo: without formats, `chatml.intel`: prompt = optional
 //!   `<|im_start|>system\n{system}<|im_end|>\n`, then `<|im_start|>user\n{prompt}<|im_end|>\n
-//!   <|im_start|>assistant\n`; chosen/rejected = the text + `<|im_end|>`. With
+//!   <|im_start|>assistant\n`; chosen/rejected = the text + `<|im_end|>`. With a non-trivial
 //!   `prompt_format` / `chosen_format` / `rejected_format` (placeholders `{prompt}`,
-//!   `{system}`, `{chosen}`, `{rejected}`) those are used and tokenize.rs appends EOS.
+//!   `{system}`, `{chosen}`, `{rejected}`) those are used and tokenize.rs appends EOS; the
+//!   trivial `"{prompt}"` / `"{chosen}"` / `"{rejected}"` (the live type's defaults, which
+//!   the live network ignores) keep chatml.intel.
+//! - chat `chat_template`: the live network's default is the name `"chatml"`; we follow
+//!   SPEC §1 instead (unset = the tokenizer's own template, else ChatML).
 //!
 //! Errors name the file, the 1-based row and the column. tokenize.rs turns the [`Example`]s
 //! made here into token ids; formats.rs supplies the records.
@@ -63,13 +67,18 @@ pub struct InstructMapping {
     /// Render with the tokenizer's chat template instead of the format strings.
     #[serde(default)]
     pub chat_template: bool,
+    /// axolotl's completion-type column (part of the live network's instruct type);
+    /// accepted and unused: `field_output = None` already trains on the instruction text.
+    #[serde(default)]
+    pub field: Option<String>,
 }
 
 /// Chat (conversation SFT) column mapping.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChatMapping {
-    /// Jinja chat template; `None` = the tokenizer's own, else ChatML. `"chatml"` = ChatML.
+    /// `None` / `"tokenizer_default"`: the tokenizer's template, else ChatML; `"chatml"`;
+    /// or a Jinja template (see chat.rs `resolve_template`).
     pub chat_template: Option<String>,
     /// Column holding the list of turns.
     pub chat_column: String,
@@ -425,9 +434,12 @@ impl DpoMapping {
             Some(c) => column(row, path, row_no, c)?,
             None => String::new(),
         };
-        let user_defined = self.prompt_format.is_some()
-            || self.chosen_format.is_some()
-            || self.rejected_format.is_some();
+        // The live network's type carries the trivial formats by default and still uses
+        // chatml.intel, so only a non-trivial format selects the user-defined style.
+        let set = |f: &Option<String>, trivial: &str| f.as_deref().is_some_and(|f| f != trivial);
+        let user_defined = set(&self.prompt_format, "{prompt}")
+            || set(&self.chosen_format, "{chosen}")
+            || set(&self.rejected_format, "{rejected}");
         if !user_defined {
             let mut p = String::new();
             if !system.is_empty() {

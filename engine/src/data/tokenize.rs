@@ -157,7 +157,7 @@ pub fn tokenize_example(
             push(&c, true);
         }
         Example::Chat(messages) => {
-            let template = resolve_template(chat_template, tok);
+            let template = resolve_template(chat_template, tok)?;
             for (text, trains) in chat_segments(tok, template, messages)? {
                 push(&tok.encode(&text)?, trains);
             }
