@@ -253,6 +253,28 @@ fn missing_columns_and_bad_turns_are_named() {
         err.contains("train.jsonl") && err.contains("row 2") && err.contains("`a`"),
         "{err}"
     );
+    // rows are tokenised in parallel; the error reported is the first in row order
+    let mut many: Vec<Record> = (0..300)
+        .map(|i| {
+            let mut r = data[0].clone();
+            r.insert("i".into(), json!(i));
+            r
+        })
+        .collect();
+    for k in [290, 17, 150] {
+        many[k].remove("a");
+    }
+    let m = Mapping::Instruct(InstructMapping {
+        field_instruction: "q".into(),
+        field_output: Some("a".into()),
+        ..Default::default()
+    });
+    for _ in 0..3 {
+        let err = tokenize_sft(&tok, &m, &many, path(), opts(64))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("row 18:"), "{err}");
+    }
 
     let chat = Mapping::Chat(ChatMapping::default());
     let bad = rows(json!([{"conversations": [{"from": "user", "value": "x"}]}, {"messages": []}]));

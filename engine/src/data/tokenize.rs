@@ -15,6 +15,8 @@
 
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use super::chat::{chat_segments, resolve_template};
 use super::mapping::{DpoMapping, Example, Mapping};
 use super::Record;
@@ -24,7 +26,7 @@ use crate::tokenizer::Tokenizer;
 
 /// What the data pipeline needs from a tokenizer (implemented by [`Tokenizer`]; tests use
 /// small in-code tokenizers).
-pub trait TextTokenizer {
+pub trait TextTokenizer: Sync {
     /// Ids of `text`, special tokens matched whole, no BOS/EOS added.
     fn encode(&self, text: &str) -> Result<Vec<u32>>;
     /// End-of-sequence id.
@@ -179,50 +181,81 @@ pub fn tokenize_sft(
     if opts.seq_len == 0 {
         return Err(Error::config("tokenize options", "seq_len", "must be > 0"));
     }
+    // rows are independent: tokenise in parallel, then count in row order (the first error
+    // in row order is returned, so results do not depend on the thread count)
+    let outcomes: Vec<Result<Outcome>> = records
+        .par_iter()
+        .enumerate()
+        .map(|(i, row)| tokenize_row(tok, mapping, row, i, path, opts))
+        .collect();
     let mut stats = TokenizeStats {
         rows: records.len(),
         ..Default::default()
     };
     let mut out = Vec::with_capacity(records.len());
-    for (i, row) in records.iter().enumerate() {
-        let (example, template) = match mapping {
-            Mapping::Instruct(m) => (m.example(row, path, i + 1)?, None),
-            Mapping::Chat(m) => (m.example(row, path, i + 1)?, m.chat_template.as_deref()),
-            Mapping::Dpo(_) => {
-                return Err(Error::config(
-                    "column mapping",
-                    "task_type",
-                    "dpo rows are tokenised with tokenize_dpo",
-                ))
+    for outcome in outcomes {
+        match outcome? {
+            Outcome::TooLong => stats.dropped_too_long += 1,
+            Outcome::NoLabels => stats.dropped_no_labels += 1,
+            Outcome::Kept(s, cut) => {
+                stats.kept += 1;
+                stats.truncated += cut as usize;
+                stats.tokens += s.len();
+                stats.label_tokens += s.num_labels();
+                out.push(s);
             }
-        };
-        let (mut input_ids, mut labels) = tokenize_example(tok, &example, template)?;
-        let cut = input_ids.len() > opts.seq_len;
-        if cut {
-            if opts.truncation == Truncation::Drop {
-                stats.dropped_too_long += 1;
-                continue;
-            }
-            input_ids.truncate(opts.seq_len);
-            labels.truncate(opts.seq_len);
         }
-        let s = TokenizedSample {
-            row: i,
-            input_ids,
-            labels,
-        };
-        let n = s.num_labels();
-        if n == 0 {
-            stats.dropped_no_labels += 1;
-            continue;
-        }
-        stats.kept += 1;
-        stats.truncated += cut as usize;
-        stats.tokens += s.len();
-        stats.label_tokens += n;
-        out.push(s);
     }
     Ok((out, stats))
+}
+
+/// What became of one row.
+enum Outcome {
+    /// Kept, and whether it was truncated.
+    Kept(TokenizedSample, bool),
+    /// Dropped: longer than `seq_len` under `Truncation::Drop`.
+    TooLong,
+    /// Dropped: no label token.
+    NoLabels,
+}
+
+fn tokenize_row(
+    tok: &dyn TextTokenizer,
+    mapping: &Mapping,
+    row: &Record,
+    i: usize,
+    path: &Path,
+    opts: TokenizeOptions,
+) -> Result<Outcome> {
+    let (example, template) = match mapping {
+        Mapping::Instruct(m) => (m.example(row, path, i + 1)?, None),
+        Mapping::Chat(m) => (m.example(row, path, i + 1)?, m.chat_template.as_deref()),
+        Mapping::Dpo(_) => {
+            return Err(Error::config(
+                "column mapping",
+                "task_type",
+                "dpo rows are tokenised with tokenize_dpo",
+            ))
+        }
+    };
+    let (mut input_ids, mut labels) = tokenize_example(tok, &example, template)?;
+    let cut = input_ids.len() > opts.seq_len;
+    if cut {
+        if opts.truncation == Truncation::Drop {
+            return Ok(Outcome::TooLong);
+        }
+        input_ids.truncate(opts.seq_len);
+        labels.truncate(opts.seq_len);
+    }
+    let s = TokenizedSample {
+        row: i,
+        input_ids,
+        labels,
+    };
+    if s.num_labels() == 0 {
+        return Ok(Outcome::NoLabels);
+    }
+    Ok(Outcome::Kept(s, cut))
 }
 
 /// One tokenised preference pair.
@@ -238,7 +271,7 @@ pub struct DpoTokens {
     pub rejected: Vec<u32>,
 }
 
-/// Tokenise DPO records: prompt, chosen and rejected ids per row (no truncation: the DPO
+/// Tokenise DPO records (in parallel): prompt, chosen and rejected ids per row (no truncation: the DPO
 /// trainer/evaluator decides how to fit them).
 pub fn tokenize_dpo(
     tok: &dyn TextTokenizer,
@@ -248,7 +281,7 @@ pub fn tokenize_dpo(
 ) -> Result<Vec<DpoTokens>> {
     mapping.validate()?;
     records
-        .iter()
+        .par_iter()
         .enumerate()
         .map(|(i, row)| {
             let ex = mapping.example(row, path, i + 1)?;
@@ -270,5 +303,7 @@ pub fn tokenize_dpo(
                 rejected,
             })
         })
-        .collect()
+        .collect::<Vec<Result<DpoTokens>>>()
+        .into_iter()
+        .collect() // the first error in row order, whatever the thread count
 }
