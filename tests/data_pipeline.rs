@@ -464,3 +464,26 @@ fn template_names_and_live_network_defaults() {
     .unwrap();
     assert!(m.validate().is_ok());
 }
+
+#[test]
+fn load_sft_reads_and_tokenizes_a_file() {
+    let tok = ByteTok { template: None };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("d.csv");
+    std::fs::write(&p, "instruction,input,output\nQ,,A\nR,ctx,B\n").unwrap();
+    let m = Mapping::Instruct(InstructMapping {
+        field_instruction: "instruction".into(),
+        field_input: Some("input".into()),
+        field_output: Some("output".into()),
+        ..Default::default()
+    });
+    let (s, st) = gradients_engine::data::load_sft(&tok, &m, &p, opts(64)).unwrap();
+    assert_eq!((st.rows, st.kept), (2, 2));
+    assert_eq!(
+        split_text(&tok, &s[1]),
+        ("R ctx".into(), "B<|im_end|>".into())
+    );
+    let missing = dir.path().join("none.jsonl");
+    let err = gradients_engine::data::load_sft(&tok, &m, &missing, opts(64)).unwrap_err();
+    assert!(err.to_string().contains("none.jsonl"), "{err}");
+}

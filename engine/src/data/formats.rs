@@ -60,13 +60,13 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
 pub fn read_records_as(path: &Path, format: Format) -> Result<Vec<Record>> {
     let rows = match format {
         Format::Json | Format::Jsonl | Format::Csv => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let raw = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            // a UTF-8 byte-order mark (Excel's CSVs) is not part of the first column's name
+            let text = raw.strip_prefix('\u{feff}').unwrap_or(&raw);
             match format {
-                Format::Json if text.trim_start().starts_with('[') => {
-                    parse_json_array(path, &text)?
-                }
-                Format::Json | Format::Jsonl => parse_jsonl(path, &text)?,
-                _ => parse_csv(path, &text)?,
+                Format::Json if text.trim_start().starts_with('[') => parse_json_array(path, text)?,
+                Format::Json | Format::Jsonl => parse_jsonl(path, text)?,
+                _ => parse_csv(path, text)?,
             }
         }
         Format::Parquet => read_parquet(path)?,
@@ -211,7 +211,7 @@ mod tests {
             "d.jsonl",
             "{\"instruction\": \"hi\", \"output\": \"yo\"}\n\n{\"instruction\": \"a,b\", \"output\": \"c\"}\n",
         );
-        let (_d3, c) = file("d.csv", "instruction,output\nhi,yo\n\"a,b\",c\n");
+        let (_d3, c) = file("d.csv", "\u{feff}instruction,output\nhi,yo\n\"a,b\",c\n");
         let (ra, rb, rc) = (
             read_records(&a).unwrap(),
             read_records(&b).unwrap(),

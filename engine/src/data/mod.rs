@@ -14,7 +14,7 @@ pub mod mapping; // InstructMapping, ChatMapping, DpoMapping, Mapping, Example, 
 pub mod pack; // pack_rows, packed_batches, unpacked_batches, PackedBatch
 pub mod rng; // Pcg64, permutation: numpy default_rng(seed) bit for bit
 pub mod split; // split_indices, split_rows, test_size, sample_indices, Split
-pub mod tokenize; // TextTokenizer, tokenize_sft, tokenize_dpo, TokenizedSample, TokenizeStats
+pub mod tokenize; // TextTokenizer, load_sft, tokenize_sft, tokenize_dpo, TokenizedSample, TokenizeStats
 
 /// One dataset row: column name → JSON value.
 pub type Record = serde_json::Map<String, serde_json::Value>;
@@ -24,6 +24,6 @@ pub use mapping::{ChatMapping, DpoMapping, Example, InstructMapping, Mapping};
 pub use pack::{packed_batches, unpacked_batches, PackedBatch};
 pub use split::{split_indices, split_rows, Split};
 pub use tokenize::{
-    tokenize_dpo, tokenize_sft, DpoTokens, TextTokenizer, TokenizeOptions, TokenizeStats,
+    load_sft, tokenize_dpo, tokenize_sft, DpoTokens, TextTokenizer, TokenizeOptions, TokenizeStats,
     TokenizedSample, Truncation,
 };

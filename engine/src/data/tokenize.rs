@@ -258,6 +258,19 @@ fn tokenize_row(
     Ok(Outcome::Kept(s, cut))
 }
 
+/// Read `path` (formats.rs) and tokenise it for an SFT `mapping`: [`tokenize_sft`] on
+/// [`read_records`](super::formats::read_records).
+pub fn load_sft(
+    tok: &dyn TextTokenizer,
+    mapping: &Mapping,
+    path: &Path,
+    opts: TokenizeOptions,
+) -> Result<(Vec<TokenizedSample>, TokenizeStats)> {
+    mapping.validate()?;
+    let records = super::formats::read_records(path)?;
+    tokenize_sft(tok, mapping, &records, path, opts)
+}
+
 /// One tokenised preference pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DpoTokens {
