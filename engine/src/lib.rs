@@ -8,6 +8,7 @@
 
 pub mod assets; // smollm2_gguf, alpaca_en_demo, dpo_en_demo: cached real test assets
 pub mod backend; // Backend trait (the op set), RopeTable, cpu::CpuBackend
+pub mod data; // dataset files, column mappings, tokenisation + masking, packing, split
 pub mod error; // Error, ErrorKind, Result
 pub mod io; // write_atomic, write_atomic_with (temp file + fsync + rename)
 pub mod lora; // Target, LoraConfig; adapter parameters and PEFT files
