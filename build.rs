@@ -66,7 +66,14 @@ fn build_emulator(kernels: &[PathBuf]) {
 /// nvcc from $NVCC, $CUDA_HOME/bin, $CUDA_PATH/bin, PATH, or the cache location of
 /// scripts/install-cuda-toolchain.sh.
 fn find_nvcc() -> Option<PathBuf> {
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "GRADIENTS_CACHE", "HOME", "PATH"] {
+    for var in [
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "GRADIENTS_CACHE",
+        "HOME",
+        "PATH",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let mut candidates = Vec::new();
@@ -132,7 +139,10 @@ fn build_fatbin(kernels: &[PathBuf]) {
     };
     let report = String::from_utf8_lossy(&output.stderr).into_owned();
     if !output.status.success() {
-        fail(&format!("nvcc failed on kernels/*.cu:\n{report}{}", String::from_utf8_lossy(&output.stdout)));
+        fail(&format!(
+            "nvcc failed on kernels/*.cu:\n{report}{}",
+            String::from_utf8_lossy(&output.stdout)
+        ));
     }
     let report_path = out_dir.join("ptxas-report.txt");
     if let Err(e) = fs::write(&report_path, &report) {
@@ -140,7 +150,10 @@ fn build_fatbin(kernels: &[PathBuf]) {
     }
     let spills = spilling_kernels(&report);
     if !spills.is_empty() {
-        fail(&format!("kernels spill registers (ptxas -v):\n{}", spills.join("\n")));
+        fail(&format!(
+            "kernels spill registers (ptxas -v):\n{}",
+            spills.join("\n")
+        ));
     }
 }
 

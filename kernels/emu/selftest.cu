@@ -16,10 +16,11 @@ extern "C" __global__ void selftest_block_reduce(float* out, const float* in) {
   tree[t] = v;
   dyn[t] = v;
   __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if (t < stride) {
-      tree[t] += tree[t + stride];
-      dyn[t] += dyn[t + stride];
+  for (int active = blockDim.x; active > 1; active = (active + 1) / 2) {
+    const int half = (active + 1) / 2;
+    if (t < active - half) {
+      tree[t] += tree[t + half];
+      dyn[t] += dyn[t + half];
     }
     __syncthreads();
   }

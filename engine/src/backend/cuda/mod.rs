@@ -9,7 +9,8 @@
 #[repr(C, align(16))]
 struct Aligned<T: ?Sized>(T);
 
-static FATBIN: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/kernels.fatbin")));
+static FATBIN: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/kernels.fatbin")));
 
 /// Every kernel of kernels/*.cu in one fatbin, 16-byte aligned.
 pub static KERNELS_FATBIN: &[u8] = &FATBIN.0;
