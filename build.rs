@@ -107,7 +107,8 @@ fn build_fatbin(kernels: &[PathBuf]) {
     let Some(nvcc) = find_nvcc() else {
         fail(
             "feature `cuda`: nvcc not found (tried $NVCC, $CUDA_HOME/bin, $CUDA_PATH/bin, PATH and \
-             ~/.cache/gradients/cuda-13.0/bin); run scripts/install-cuda-toolchain.sh or set NVCC",
+             ${GRADIENTS_CACHE:-~/.cache/gradients}/cuda-13.0/bin); run \
+             scripts/install-cuda-toolchain.sh or set NVCC",
         );
     };
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default());
