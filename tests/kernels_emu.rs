@@ -25,8 +25,11 @@ fn selftest_block_reduce_matches_exact_sums() {
         let mut out = vec![f32::NAN; 3];
         let mut d = dims(1, n as u32);
         d.smem = n * 4;
-        raw::emu_launch_selftest_block_reduce(d, out.as_mut_ptr(), input.as_ptr()).unwrap();
-        assert_eq!(out, vec![want; 3], "block of {n}");
+        ffi::both_schedules(|| {
+            raw::emu_launch_selftest_block_reduce(d, out.as_mut_ptr(), input.as_ptr()).unwrap();
+            assert_eq!(out, vec![want; 3], "block of {n}");
+            out.fill(f32::NAN);
+        });
     }
 }
 
@@ -106,6 +109,31 @@ fn selftest_shuffle_with_exited_lane_in_mask_is_an_error() {
     let mut out = vec![0i32; 32];
     let err = raw::emu_launch_selftest_bad_mask(dims(1, 32), out.as_mut_ptr()).unwrap_err();
     assert!(err.contains("mask 0xffffffff"), "{err}");
+}
+
+#[test]
+fn selftest_missing_barrier_shows_in_one_schedule() {
+    let n = 64;
+    let mut d = dims(1, n as u32);
+    d.smem = n * 4;
+    let mut results = Vec::new();
+    for reverse in [false, true] {
+        raw::set_reverse_schedule(reverse);
+        let mut out = vec![f32::NAN; n];
+        raw::emu_launch_selftest_missing_barrier(d, out.as_mut_ptr()).unwrap();
+        results.push(out);
+    }
+    raw::set_reverse_schedule(false);
+    let want: Vec<f32> = (0..n).map(|t| ((t + 1) % n) as f32).collect();
+    // First-to-last: threads read their neighbour's slot before it is written (poison, NaN).
+    assert!(
+        results[0][..n - 1].iter().all(|v| v.is_nan()),
+        "{:?}",
+        results[0]
+    );
+    // Last-to-first: every neighbour but thread 0 already wrote; thread n-1 reads poison.
+    assert_eq!(results[1][..n - 1], want[..n - 1]);
+    assert!(results[1][n - 1].is_nan());
 }
 
 #[test]

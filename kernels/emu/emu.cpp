@@ -54,6 +54,7 @@ struct Sched {
 thread_local Sched* g_sched = nullptr;
 std::mutex g_launch_mutex;
 thread_local std::string g_last_error;
+thread_local bool g_reverse = false;  // resume fibers from the last thread to the first
 
 void fiber_entry() {
   Sched* s = g_sched;
@@ -112,7 +113,8 @@ bool run_block(Sched& s) {
   }
   const unsigned nwarps = (s.n + 31) / 32;
   for (;;) {
-    for (unsigned i = 0; i < s.n; ++i) {
+    for (unsigned k = 0; k < s.n; ++k) {
+      const unsigned i = g_reverse ? s.n - 1 - k : k;
       if (s.fibers[i].state != St::Run) continue;
       s.cur = i;
       cur_thread = &s.fibers[i].ts;
@@ -289,3 +291,8 @@ int launch(dim3 grid, dim3 block, size_t dyn_smem_bytes, const std::function<voi
 }  // namespace emu
 
 extern "C" const char* emu_last_error() { return emu::g_last_error.c_str(); }
+
+// Order in which this OS thread's launches resume the fibers of a block between barriers:
+// 0 = thread 0 first (default), 1 = last thread first. Running a kernel both ways makes a
+// missing __syncthreads read unwritten (poisoned) or stale shared memory in one of them.
+extern "C" void emu_set_schedule(int reverse) { emu::g_reverse = reverse != 0; }

@@ -56,6 +56,7 @@ EMU_LAUNCHER(selftest_warp, (int* out, const int* in), (out, in))
 EMU_LAUNCHER(selftest_atomics, (int* counter, float* fsum, const int* in), (counter, fsum, in))
 EMU_LAUNCHER(selftest_divergent_barrier, (int* out), (out))
 EMU_LAUNCHER(selftest_bad_mask, (int* out), (out))
+EMU_LAUNCHER(selftest_missing_barrier, (float* out), (out))
 
 // Exposed for the bf16 rounding test: the emulator's float -> bf16 -> bits.
 extern "C" uint16_t emu_f32_to_bf16_bits(float f) { return __float2bfloat16_rn(f).x; }

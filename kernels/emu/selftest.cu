@@ -72,3 +72,12 @@ extern "C" __global__ void selftest_bad_mask(int* out) {
   if (threadIdx.x % 32 == 0) return;
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (int)threadIdx.x, 1);
 }
+
+// Negative: a missing __syncthreads between writing and reading dynamic shared memory.
+// out[t] = dyn[(t + 1) % n] — correct only if thread t+1 happened to run first.
+extern "C" __global__ void selftest_missing_barrier(float* out) {
+  DYN_SMEM(float, dyn);
+  const int t = threadIdx.x;
+  dyn[t] = (float)t;
+  out[t] = dyn[(t + 1) % blockDim.x];
+}

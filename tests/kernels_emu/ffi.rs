@@ -41,6 +41,7 @@ macro_rules! launchers {
                 $(pub fn $name(gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, smem: usize, $($arg: $ty),*) -> i32;)*
                 pub fn emu_last_error() -> *const std::ffi::c_char;
                 pub fn emu_f32_to_bf16_bits(f: f32) -> u16;
+                pub fn emu_set_schedule(reverse: i32);
             }
         }
         $(
@@ -88,12 +89,20 @@ pub mod raw {
         emu_launch_selftest_atomics(counter: *mut i32, fsum: *mut f32, input: *const i32);
         emu_launch_selftest_divergent_barrier(out: *mut i32);
         emu_launch_selftest_bad_mask(out: *mut i32);
+        emu_launch_selftest_missing_barrier(out: *mut f32);
     }
 
     /// The emulator's float -> bf16 conversion, as bits.
     pub fn f32_to_bf16_bits(f: f32) -> u16 {
         // SAFETY: a pure function of its argument.
         unsafe { sys::emu_f32_to_bf16_bits(f) }
+    }
+
+    /// Makes this thread's launches resume a block's threads last-first (`true`) or
+    /// first-first (`false`, the default) between barriers.
+    pub fn set_reverse_schedule(reverse: bool) {
+        // SAFETY: sets a thread-local flag of the emulator.
+        unsafe { sys::emu_set_schedule(reverse as i32) }
     }
 
     pub(super) fn last_error() -> String {
@@ -141,6 +150,16 @@ pub struct Typed {
     pub cross_entropy: fn(Dims, *mut f32, VP, *const i32, i32, f32) -> Result<(), String>,
     /// embedding_<T>
     pub embedding: fn(Dims, VP, CP, *const i32, i32, i32) -> Result<(), String>,
+}
+
+/// Runs `f` with the emulator resuming threads first-to-last, then last-to-first (a missing
+/// `__syncthreads` reads unwritten or stale shared memory in one of the two).
+pub fn both_schedules(mut f: impl FnMut()) {
+    for reverse in [false, true] {
+        raw::set_reverse_schedule(reverse);
+        f();
+    }
+    raw::set_reverse_schedule(false);
 }
 
 /// A storage dtype of the kernels: f32 or bf16 (half::bf16, the same bits as __nv_bfloat16).

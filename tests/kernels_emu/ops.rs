@@ -3,7 +3,7 @@
 //! and 37, lengths not a multiple of the pack width). Neighbours: ../kernels_emu.rs (the test
 //! crate root, emulator self-tests), ffi.rs (launchers, buffers, RNG, tolerance).
 
-use super::ffi::{assert_close, dims, f64s, raw, Buf, Elem, Rng, BLOCK};
+use super::ffi::{assert_close, both_schedules, dims, f64s, raw, Buf, Elem, Rng, BLOCK};
 use half::bf16;
 
 fn atol<T: Elem>() -> f64 {
@@ -86,8 +86,10 @@ fn rmsnorm_case<T: Elem>(n: usize, h: usize, seed: u64) {
 #[test]
 fn rmsnorm_matches_reference() {
     for (n, h, seed) in [(4, 576, 10), (3, 100, 11), (2, 1000, 12), (5, 8, 13)] {
-        rmsnorm_case::<f32>(n, h, seed);
-        rmsnorm_case::<bf16>(n, h, seed);
+        both_schedules(|| {
+            rmsnorm_case::<f32>(n, h, seed);
+            rmsnorm_case::<bf16>(n, h, seed);
+        });
     }
 }
 
@@ -346,8 +348,10 @@ fn cross_entropy_matches_reference() {
         (3, 2048, 0.0, 42),
         (2, 300, 1.0, 43),
     ] {
-        cross_entropy_case::<f32>(rows, vocab, scale, seed);
-        cross_entropy_case::<bf16>(rows, vocab, scale, seed);
+        both_schedules(|| {
+            cross_entropy_case::<f32>(rows, vocab, scale, seed);
+            cross_entropy_case::<bf16>(rows, vocab, scale, seed);
+        });
     }
 }
 
@@ -541,7 +545,11 @@ fn sum_of_squares_two_pass_matches_f64_and_is_deterministic() {
         .unwrap();
         out[0]
     };
+    raw::set_reverse_schedule(true);
+    let reversed = run();
+    raw::set_reverse_schedule(false);
     let got = run();
+    assert_eq!(got.to_bits(), reversed.to_bits());
     let want: f64 = tensors.iter().flatten().map(|&x| x as f64 * x as f64).sum();
     assert!((got - want).abs() <= 1e-5 * want, "got {got}, want {want}");
     assert_eq!(got.to_bits(), run().to_bits());
