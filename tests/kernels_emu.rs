@@ -3,9 +3,12 @@
 //! compared with plain f64 references written here, with tolerance `atol + |ref|·rtol`
 //! (rtol 1e-2 for bf16 storage, 1e-5 for f32). Outputs start as NaN so unwritten elements
 //! fail. This file holds the emulator self-tests and the ptxas report check (`--features
-//! cuda`); kernels_emu/ops.rs the per-family tests, kernels_emu/ffi.rs the FFI and helpers.
+//! cuda`); kernels_emu/ops.rs and attention.rs the per-family tests, kernels_emu/ffi.rs the
+//! FFI and helpers.
 //! Run: `cargo test --test kernels_emu` (add `--features cuda` for the ptxas check).
 
+#[path = "kernels_emu/attention.rs"]
+mod attention;
 #[path = "kernels_emu/ffi.rs"]
 mod ffi;
 #[path = "kernels_emu/ops.rs"]

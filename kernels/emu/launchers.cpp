@@ -6,6 +6,7 @@
 #include "emu.h"
 
 #include "../adamw.cu"
+#include "../attention.cu"
 #include "../cast.cu"
 #include "../cross_entropy.cu"
 #include "../embedding.cu"
@@ -39,7 +40,11 @@
   EMU_LAUNCHER(cross_entropy_##S, (float* loss, T* logits, const int* targets, int vocab, float scale),   \
                (loss, logits, targets, vocab, scale))                                                    \
   EMU_LAUNCHER(embedding_##S, (T * out, const T* table, const int* ids, int h, int vocab),               \
-               (out, table, ids, h, vocab))
+               (out, table, ids, h, vocab))                                                              \
+  EMU_LAUNCHER(attention_forward_##S,                                                                    \
+               (T * out, float* lse, const T* q, const T* k, const T* v, const int* starts, int n, int seq, \
+                int heads, int kv_heads, int hd, float scale),                                           \
+               (out, lse, q, k, v, starts, n, seq, heads, kv_heads, hd, scale))
 
 EMU_TYPED(f32, float)
 EMU_TYPED(bf16, bf16)

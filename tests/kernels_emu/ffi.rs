@@ -79,6 +79,8 @@ pub mod raw {
         emu_launch_cross_entropy_bf16(loss: *mut f32, logits: VP, targets: *const i32, vocab: i32, scale: f32);
         emu_launch_embedding_f32(out: VP, table: CP, ids: *const i32, h: i32, vocab: i32);
         emu_launch_embedding_bf16(out: VP, table: CP, ids: *const i32, h: i32, vocab: i32);
+        emu_launch_attention_forward_f32(out: VP, lse: *mut f32, q: CP, k: CP, v: CP, starts: *const i32, n: i32, seq: i32, heads: i32, kv_heads: i32, hd: i32, scale: f32);
+        emu_launch_attention_forward_bf16(out: VP, lse: *mut f32, q: CP, k: CP, v: CP, starts: *const i32, n: i32, seq: i32, heads: i32, kv_heads: i32, hd: i32, scale: f32);
         emu_launch_adamw_f32(p: *mut f32, g: *const f32, m: *mut f32, v: *mut f32, len: usize, b1: f32, b2: f32, eps: f32, decay: f32, step_size: f32, bc2_sqrt: f32);
         emu_launch_cast_f32_to_bf16(dst: VP, src: *const f32, len: usize);
         emu_launch_cast_bf16_to_f32(dst: *mut f32, src: CP, len: usize);
@@ -128,6 +130,9 @@ fn check(rc: i32) -> Result<(), String> {
 type RopeFn =
     fn(Dims, VP, *const f32, *const f32, *const i32, i32, i32, i32, i32) -> Result<(), String>;
 
+type AttnFn =
+    fn(Dims, VP, *mut f32, CP, CP, CP, *const i32, i32, i32, i32, i32, i32, f32) -> Launched;
+
 /// Every launcher wrapper returns this.
 pub type Launched = Result<(), String>;
 
@@ -148,6 +153,8 @@ pub struct Typed {
     pub swiglu_backward: fn(Dims, VP, VP, CP, CP, CP, usize) -> Result<(), String>,
     /// cross_entropy_<T>
     pub cross_entropy: fn(Dims, *mut f32, VP, *const i32, i32, f32) -> Result<(), String>,
+    /// attention_forward_<T>
+    pub attention_forward: AttnFn,
     /// embedding_<T>
     pub embedding: fn(Dims, VP, CP, *const i32, i32, i32) -> Result<(), String>,
 }
@@ -185,6 +192,7 @@ impl Elem for f32 {
         swiglu_backward: raw::emu_launch_swiglu_backward_f32,
         cross_entropy: raw::emu_launch_cross_entropy_f32,
         embedding: raw::emu_launch_embedding_f32,
+        attention_forward: raw::emu_launch_attention_forward_f32,
     };
     const NAME: &'static str = "f32";
     const RTOL: f64 = 1e-5;
@@ -205,6 +213,7 @@ impl Elem for half::bf16 {
         swiglu_backward: raw::emu_launch_swiglu_backward_bf16,
         cross_entropy: raw::emu_launch_cross_entropy_bf16,
         embedding: raw::emu_launch_embedding_bf16,
+        attention_forward: raw::emu_launch_attention_forward_bf16,
     };
     const NAME: &'static str = "bf16";
     const RTOL: f64 = 1e-2;
