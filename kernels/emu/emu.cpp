@@ -1,11 +1,17 @@
 // kernels/emu/emu.cpp: the emulator's scheduler. A launch runs its blocks one after another;
-// the threads of a block are ucontext fibers on the calling OS thread, resumed round-robin
+// the threads of a block are fibers on the calling OS thread, resumed round-robin
 // until each waits at a barrier or returns, then barriers whose waiters are complete open.
 // Deterministic: the same launch always interleaves the same way. Neighbours: emu.h (the CUDA
 // surface the kernels see), launchers.cpp (extern "C" entry points for the Rust tests).
 #include "emu.h"
 
+// x86-64 uses the hand-written switch below; other targets (or -DEMU_USE_UCONTEXT) ucontext.
+#if defined(__x86_64__) && !defined(EMU_USE_UCONTEXT)
+#define EMU_FAST_SWITCH 1
+#else
+#define EMU_FAST_SWITCH 0
 #include <ucontext.h>
+#endif
 
 #include <cstdarg>
 #include <cstdio>
@@ -14,6 +20,43 @@
 #include <mutex>
 #include <string>
 #include <vector>
+
+#if EMU_FAST_SWITCH
+// gradients_emu_switch(save, to): saves the callee-saved registers, MXCSR and the x87 control
+// word on the current stack, stores the stack pointer in *save, switches to `to` and restores
+// the same from there (System V x86-64). No signal-mask syscall, unlike swapcontext.
+extern "C" void gradients_emu_switch(void** save, void* to);
+asm(R"(
+  .text
+  .p2align 4
+  .globl gradients_emu_switch
+  .hidden gradients_emu_switch
+  .type gradients_emu_switch,@function
+gradients_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size gradients_emu_switch,.-gradients_emu_switch
+)");
+#endif
 
 namespace emu {
 
@@ -30,7 +73,11 @@ constexpr unsigned char kGuard = 0xA5;
 constexpr unsigned char kPoison = 0xFF;
 
 struct Fiber {
+#if EMU_FAST_SWITCH
+  void* sp;
+#else
   ucontext_t ctx;
+#endif
   ThreadState ts;
   St state;
   const char* file;
@@ -40,9 +87,13 @@ struct Fiber {
 };
 
 struct Sched {
+#if EMU_FAST_SWITCH
+  void* main_sp;
+#else
   ucontext_t main;
+#endif
   std::unique_ptr<Fiber[]> fibers;
-  std::unique_ptr<char[]> stacks;
+  char* stacks = nullptr;  // n * kStackBytes, owned by t_stacks
   std::vector<uint64_t> slots;  // 32 per warp
   unsigned n = 0;
   unsigned cur = 0;
@@ -52,22 +103,62 @@ struct Sched {
 };
 
 thread_local Sched* g_sched = nullptr;
+// Fiber stacks, kept across this OS thread's launches (fresh pages fault in on every launch).
+thread_local std::unique_ptr<char[]> t_stacks;
+thread_local size_t t_stack_fibers = 0;
 std::mutex g_launch_mutex;
 thread_local std::string g_last_error;
 thread_local bool g_reverse = false;  // resume fibers from the last thread to the first
 
-void fiber_entry() {
+// Fiber -> scheduler.
+void yield_to_scheduler() {
+  Sched* s = g_sched;
+#if EMU_FAST_SWITCH
+  gradients_emu_switch(&s->fibers[s->cur].sp, s->main_sp);
+#else
+  swapcontext(&s->fibers[s->cur].ctx, &s->main);
+#endif
+}
+
+// Scheduler -> fiber i.
+void resume(Sched& s, unsigned i) {
+#if EMU_FAST_SWITCH
+  gradients_emu_switch(&s.main_sp, s.fibers[i].sp);
+#else
+  swapcontext(&s.main, &s.fibers[i].ctx);
+#endif
+}
+
+[[noreturn]] void fiber_entry() {
   Sched* s = g_sched;
   (*s->body)();
-  Fiber& f = s->fibers[s->cur];
-  f.state = St::Done;
-  swapcontext(&f.ctx, &s->main);
+  s->fibers[s->cur].state = St::Done;
+  yield_to_scheduler();
   std::abort();  // a finished fiber is never resumed
 }
 
-void yield_to_scheduler() {
-  Sched* s = g_sched;
-  swapcontext(&s->fibers[s->cur].ctx, &s->main);
+// Prepares fiber f to start in fiber_entry on the stack [stack, stack + bytes).
+void init_context(Sched& s, Fiber& f, char* stack, size_t bytes) {
+#if EMU_FAST_SWITCH
+  (void)s;
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
+  void** p = reinterpret_cast<void**>(top);
+  *--p = nullptr;                                         // fiber_entry's (unused) return address
+  *--p = reinterpret_cast<void*>(&fiber_entry);           // popped by gradients_emu_switch's ret
+  for (int r = 0; r < 6; ++r) *--p = nullptr;              // rbp rbx r12 r13 r14 r15
+  --p;
+  const uint32_t mxcsr = 0x1F80;                          // default SSE control: RNE, masked
+  const uint16_t fpucw = 0x037F;                          // default x87 control word
+  std::memcpy(reinterpret_cast<char*>(p), &mxcsr, 4);
+  std::memcpy(reinterpret_cast<char*>(p) + 4, &fpucw, 2);
+  f.sp = p;
+#else
+  getcontext(&f.ctx);
+  f.ctx.uc_stack.ss_sp = stack;
+  f.ctx.uc_stack.ss_size = bytes;
+  f.ctx.uc_link = &s.main;
+  makecontext(&f.ctx, fiber_entry, 0);
+#endif
 }
 
 // Lanes of warp `w` that exist and have not returned.
@@ -95,7 +186,7 @@ std::string describe(const Sched& s, unsigned i) {
 // Runs one block to completion; false (with s.error set) on a launch error.
 bool run_block(Sched& s) {
   const dim3 bd = s.block.block_dim;
-  char* stacks = s.stacks.get();
+  char* stacks = s.stacks;
   for (unsigned i = 0; i < s.n; ++i) {
     Fiber& f = s.fibers[i];
     f.ts.tid = {i % bd.x, (i / bd.x) % bd.y, i / (bd.x * bd.y)};
@@ -105,11 +196,7 @@ bool run_block(Sched& s) {
     f.state = St::Run;
     f.file = nullptr;
     f.line = 0;
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = stacks + size_t(i) * kStackBytes;
-    f.ctx.uc_stack.ss_size = kStackBytes;
-    f.ctx.uc_link = &s.main;
-    makecontext(&f.ctx, fiber_entry, 0);
+    init_context(s, f, stacks + size_t(i) * kStackBytes, kStackBytes);
   }
   const unsigned nwarps = (s.n + 31) / 32;
   for (;;) {
@@ -118,7 +205,7 @@ bool run_block(Sched& s) {
       if (s.fibers[i].state != St::Run) continue;
       s.cur = i;
       cur_thread = &s.fibers[i].ts;
-      swapcontext(&s.main, &s.fibers[i].ctx);
+      resume(s, i);
       if (!s.error.empty()) return false;
     }
     bool released = false;
@@ -243,7 +330,11 @@ int launch(dim3 grid, dim3 block, size_t dyn_smem_bytes, const std::function<voi
   Sched s;
   s.n = unsigned(n);
   s.fibers.reset(new Fiber[s.n]);
-  s.stacks.reset(new char[size_t(s.n) * kStackBytes]);
+  if (t_stack_fibers < s.n) {
+    t_stacks.reset(new char[size_t(s.n) * kStackBytes]);
+    t_stack_fibers = s.n;
+  }
+  s.stacks = t_stacks.get();
   s.slots.assign(size_t((s.n + 31) / 32) * 32, 0);
   s.body = &body;
   // Arena: guard | 128-aligned shared bytes | guard.
