@@ -6,6 +6,8 @@
 
 use crate::error::{Error, Result};
 
+pub mod peft; // PeftAdapter, read_peft_adapter, write_peft_adapter (PEFT adapter dirs)
+
 /// A projection of the Llama block that LoRA can adapt; names are PEFT's module names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {

@@ -6,8 +6,15 @@
 //! never knows which file a weight came from.
 
 pub mod config; // ModelConfig, Arch, RopeScaling
+pub mod gguf; // GgufFile, GgufMeta, GgufValue, GgufTensorInfo: GGUF v2/v3 parsing
+pub mod gguf_load; // load_gguf: llama GGUF -> ModelConfig + ModelWeights (Q/K unpermuted)
+pub mod gguf_quant; // GgmlType, dequantize (F32/F16/BF16/Q8_0/Q4_0/Q4_1)
+pub mod hf_config; // load_hf_config, parse_hf_config, hf_config_json (HF config.json)
+pub mod hf_model; // load_hf_model, save_hf_model, load_weights (HF names -> ModelWeights)
+pub mod st; // SafetensorsFile, TensorStore (mmap, shards), write_safetensors
 
 pub use config::{Arch, ModelConfig, RopeScaling};
+pub use gguf_load::load_gguf;
 
 use crate::tensor::Tensor;
 
