@@ -1,0 +1,243 @@
+//! Chunked cross-entropy of the CPU backend: the lm_head GEMM, log-softmax, per-token loss
+//! and the gradient to the hidden states, [`ROWS`] tokens at a time so the `[n, vocab]`
+//! logits never exist whole (only a `[ROWS, vocab]` scratch).
+//!
+//! For each chunk: `z = hidden·lm_headᵀ` (faer), then per row (rayon) with `mx = max z`,
+//! `e_j = exp(z_j − mx)` (`simd.rs`), `s = Σ e_j` (fixed lane order, `simd.rs`), `lse = mx + ln s`, `loss = lse − z_t`;
+//! when a gradient is wanted the row becomes `dz_j = e_j · (loss_scale / s) − [j = t]·loss_scale`
+//! (all zero for ignored targets) and `dhidden = dz·lm_head` (faer, overwriting).
+//! A chunk whose targets are all ignored is skipped (losses 0, dhidden 0).
+
+use rayon::prelude::*;
+
+use super::gemm::Gemm;
+use super::simd::{exp_sub_sum, row_max, scale_row};
+use super::Real;
+use crate::error::{Error, Result};
+
+/// Tokens per chunk: the logits scratch is `ROWS × vocab`.
+const ROWS: usize = 128;
+/// The target value that marks an ignored token.
+const IGNORE: i32 = -100;
+
+/// The dims of one call: `n` tokens, width `h`, `vocab` classes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    pub n: usize,
+    pub h: usize,
+    pub vocab: usize,
+}
+
+/// Per-token losses of `hidden [n, h] · lm_head [vocab, h]ᵀ` against `targets`, and when
+/// `dhidden` is given, `∂(loss_scale · Σ loss)/∂hidden` written into it.
+/// Lengths must have been checked; targets are checked here.
+pub(crate) fn cross_entropy<T: Real>(
+    dhidden: Option<&mut Vec<T>>,
+    hidden: &[T],
+    lm_head: &[T],
+    targets: &[i32],
+    d: Dims,
+    loss_scale: T,
+) -> Result<Vec<f32>> {
+    let Dims { n, h, vocab } = d;
+    if let Some((i, &t)) = targets
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t != IGNORE && (t < 0 || t as usize >= vocab))
+    {
+        return Err(Error::shape(
+            "cross_entropy",
+            format!("token {i} has target {t}, outside 0..{vocab} (and not the ignore value -100)"),
+        ));
+    }
+    let mut losses = vec![0.0f32; n];
+    let mut dhidden = dhidden;
+    let want_grad = dhidden.is_some();
+    let mut logits = vec![T::ZERO; ROWS.min(n) * vocab];
+    let mut c0 = 0;
+    while c0 < n {
+        let r = ROWS.min(n - c0);
+        let tg = &targets[c0..c0 + r];
+        let rows = c0..c0 + r;
+        c0 += r;
+        if tg.iter().all(|&t| t == IGNORE) {
+            if let Some(dh) = dhidden.as_deref_mut() {
+                dh[rows.start * h..rows.end * h].fill(T::ZERO);
+            }
+            continue;
+        }
+        let z = &mut logits[..r * vocab];
+        let x = &hidden[rows.start * h..rows.end * h];
+        Gemm {
+            m: r,
+            n: vocab,
+            k: h,
+            trans_a: false,
+            trans_b: true,
+        }
+        .run(z, x, lm_head, T::ONE, T::ZERO);
+        z.par_chunks_mut(vocab)
+            .zip(tg.par_iter())
+            .zip(losses[rows.clone()].par_iter_mut())
+            .for_each(|((row, &t), loss)| row_softmax(row, t, want_grad, loss_scale, loss));
+        if let Some(dh) = dhidden.as_deref_mut() {
+            Gemm {
+                m: r,
+                n: h,
+                k: vocab,
+                trans_a: false,
+                trans_b: false,
+            }
+            .run(
+                &mut dh[rows.start * h..rows.end * h],
+                z,
+                lm_head,
+                T::ONE,
+                T::ZERO,
+            );
+        }
+    }
+    Ok(losses)
+}
+
+/// Loss of one row of logits against target `t`; with `want_grad`, the row is replaced by
+/// its scaled gradient (zeros when `t` is ignored).
+fn row_softmax<T: Real>(row: &mut [T], t: i32, want_grad: bool, scale: T, loss: &mut f32) {
+    if t == IGNORE {
+        *loss = 0.0;
+        if want_grad {
+            row.fill(T::ZERO);
+        }
+        return;
+    }
+    let t = t as usize;
+    let zt = row[t];
+    let mx = row_max(row);
+    let s = exp_sub_sum(row, mx);
+    let lse = mx + s.ln();
+    *loss = (lse - zt).to_f32();
+    if want_grad {
+        scale_row(row, scale / s);
+        row[t] -= scale;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::testutil::{check_grad, in_pool, randn, randn_f32, same_bits, Rng};
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::Backend;
+
+    /// Losses by the definition, in f64, one token at a time.
+    fn reference(hidden: &[f64], lm: &[f64], targets: &[i32], h: usize, vocab: usize) -> Vec<f64> {
+        targets
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                if t < 0 {
+                    return 0.0;
+                }
+                let z: Vec<f64> = (0..vocab)
+                    .map(|v| (0..h).map(|k| hidden[i * h + k] * lm[v * h + k]).sum())
+                    .collect();
+                let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = mx + z.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
+                lse - z[t as usize]
+            })
+            .collect()
+    }
+
+    fn targets(rng: &mut Rng, n: usize, vocab: usize) -> Vec<i32> {
+        (0..n)
+            .map(|_| {
+                if rng.uniform() < 0.2 {
+                    IGNORE
+                } else {
+                    (rng.next_u64() % vocab as u64) as i32
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn losses_and_gradient_match_reference_and_finite_differences() {
+        let be = CpuBackend::<f64>::new();
+        // n spans two chunks, the second partial.
+        let (n, h, vocab) = (ROWS + 5, 6, 11);
+        let mut rng = Rng(10);
+        let hidden = randn(&mut rng, n * h);
+        let lm = randn(&mut rng, vocab * h);
+        let tg = targets(&mut rng, n, vocab);
+        let scale = 0.37f32;
+        let mut dh = vec![f64::NAN; n * h];
+        let losses = be
+            .cross_entropy(Some(&mut dh), &hidden, &lm, &tg, n, h, vocab, scale)
+            .unwrap();
+        let want = reference(&hidden, &lm, &tg, h, vocab);
+        for i in 0..n {
+            assert!((f64::from(losses[i]) - want[i]).abs() < 1e-5 * want[i].max(1.0));
+        }
+        // Losses come back as f32, too coarse for finite differences: differentiate the f64
+        // reference (checked equal to them above) instead.
+        let f = |x: &[f64]| f64::from(scale) * reference(x, &lm, &tg, h, vocab).iter().sum::<f64>();
+        let idx: Vec<usize> = (0..n * h).step_by(7).chain(n * h - 6..n * h).collect();
+        check_grad("cross_entropy dhidden", &hidden, &dh, Some(&idx), 1e-6, f);
+        for (i, &t) in tg.iter().enumerate() {
+            if t == IGNORE {
+                assert!(dh[i * h..(i + 1) * h].iter().all(|&v| v == 0.0));
+            }
+        }
+    }
+
+    #[test]
+    fn ignored_chunks_and_bad_targets() {
+        let be = CpuBackend::<f32>::new();
+        let (n, h, vocab) = (ROWS + 3, 4, 5);
+        let mut rng = Rng(12);
+        let hidden = randn_f32(&mut rng, n * h);
+        let lm = randn_f32(&mut rng, vocab * h);
+        let mut tg = vec![IGNORE; n];
+        tg[ROWS + 1] = 2;
+        let mut dh = vec![f32::NAN; n * h];
+        let l = be
+            .cross_entropy(Some(&mut dh), &hidden, &lm, &tg, n, h, vocab, 1.0)
+            .unwrap();
+        assert!(l
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| (v > 0.0) == (i == ROWS + 1)));
+        assert!(dh.iter().all(|v| v.is_finite()));
+        tg[0] = vocab as i32;
+        let err = be
+            .cross_entropy(None, &hidden, &lm, &tg, n, h, vocab, 1.0)
+            .unwrap_err();
+        assert!(err.to_string().contains("cross_entropy"), "{err}");
+        tg[0] = -1;
+        assert!(be
+            .cross_entropy(None, &hidden, &lm, &tg, n, h, vocab, 1.0)
+            .is_err());
+    }
+
+    #[test]
+    fn thread_count_bit_identity() {
+        let be = CpuBackend::<f32>::new();
+        let (n, h, vocab) = (300, 64, 1000);
+        let mut rng = Rng(13);
+        let hidden = randn_f32(&mut rng, n * h);
+        let lm = randn_f32(&mut rng, vocab * h);
+        let tg = targets(&mut rng, n, vocab);
+        let run = |threads| {
+            in_pool(threads, || {
+                let mut dh = vec![0.0f32; n * h];
+                let l = be
+                    .cross_entropy(Some(&mut dh), &hidden, &lm, &tg, n, h, vocab, 0.01)
+                    .unwrap();
+                (l, dh)
+            })
+        };
+        let ((l1, d1), (l2, d2)) = (run(1), run(2));
+        assert!(same_bits(&l1, &l2));
+        assert!(same_bits(&d1, &d2));
+    }
+}
