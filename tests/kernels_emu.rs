@@ -3,8 +3,8 @@
 //! compared with plain f64 references written here, with tolerance `atol + |ref|·rtol`
 //! (rtol 1e-2 for bf16 storage, 1e-5 for f32). Outputs start as NaN so unwritten elements
 //! fail. This file holds the emulator self-tests and the ptxas report check (`--features
-//! cuda`); kernels_emu/ops.rs and attention.rs the per-family tests, kernels_emu/ffi.rs the
-//! FFI and helpers.
+//! cuda`); kernels_emu/ops.rs and attention.rs the per-family tests, kernels_emu/vs_cpu.rs
+//! the kernels against the CPU backend, kernels_emu/ffi.rs the FFI and helpers.
 //! Run: `cargo test --test kernels_emu` (add `--features cuda` for the ptxas check).
 
 #[path = "kernels_emu/attention.rs"]
@@ -13,10 +13,10 @@ mod attention;
 mod ffi;
 #[path = "kernels_emu/ops.rs"]
 mod ops;
+#[path = "kernels_emu/vs_cpu.rs"]
+mod vs_cpu;
 
 use ffi::{dims, raw, Rng};
-// Links the engine, whose build script bundles the emulator library these tests call.
-use gradients_engine as _;
 
 #[test]
 fn selftest_block_reduce_matches_exact_sums() {
@@ -168,7 +168,7 @@ fn bf16_nearest_even(x: f32) -> u16 {
     if x.is_infinite() {
         return lo;
     }
-    if dl < dh || (dl == dh && lo % 2 == 0) {
+    if dl < dh || (dl == dh && lo & 1 == 0) {
         lo
     } else {
         hi
