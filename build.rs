@@ -123,8 +123,12 @@ fn build_fatbin(kernels: &[PathBuf]) {
     if let Err(e) = fs::write(&unit_path, unit) {
         fail(&format!("cannot write {}: {e}", unit_path.display()));
     }
+    // Extra flags for experiments, e.g. GRADIENTS_NVCC_FLAGS=-maxrregcount=16 (which must then
+    // fail the build on spills).
+    let extra = env::var("GRADIENTS_NVCC_FLAGS").unwrap_or_default();
     let output = Command::new(&nvcc)
         .args(["-fatbin", "-std=c++17", "-O3", "-lineinfo", "-Xptxas", "-v"])
+        .args(extra.split_whitespace())
         .args(["-gencode", "arch=compute_80,code=sm_80"])
         .args(["-gencode", "arch=compute_90,code=sm_90"])
         .args(["-gencode", "arch=compute_80,code=compute_80"])

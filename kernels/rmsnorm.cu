@@ -5,9 +5,10 @@
 
 // out[r, i] = x[r, i] * rstd[r] * w[i],  rstd[r] = 1 / sqrt(mean_i(x[r, i]^2) + eps)
 // Launch: grid (n), block (BLOCK_THREADS) — one block per row; any h.
-// Accumulation: fp32 per-thread partials over a strided slice (16-byte packs when h is a
-// multiple of the pack width and the pointers are aligned), then block_sum in a fixed order.
-// Deterministic: the reduction order depends only on h and the block size.
+// Accumulation: fp32 per-thread partials, thread t taking elements [t·N, t·N + N) every
+// blockDim·N (N = pack width; 16-byte packs when h % N == 0 and the pointers are aligned,
+// scalars in the same order otherwise), then block_sum in a fixed order.
+// Deterministic: the reduction order depends only on h and the block size, not alignment.
 template <class T>
 __device__ void rmsnorm_forward_impl(T* __restrict__ out, float* __restrict__ rstd, const T* __restrict__ x,
                                      const T* __restrict__ w, int h, float eps) {
@@ -27,10 +28,12 @@ __device__ void rmsnorm_forward_impl(T* __restrict__ out, float* __restrict__ rs
       }
     }
   } else {
-    for (int i = threadIdx.x; i < h; i += blockDim.x) {
-      float v = to_f32(xr[i]);
-      ss += v * v;
-    }
+    // Same partition and order as the pack path, so alignment never changes the result.
+    for (int i0 = threadIdx.x * N; i0 < h; i0 += blockDim.x * N)
+      for (int i = i0; i < i0 + N && i < h; ++i) {
+        float v = to_f32(xr[i]);
+        ss += v * v;
+      }
   }
   ss = block_sum(ss, scratch);
   const float r = rsqrtf(ss / (float)h + eps);
@@ -66,7 +69,9 @@ __device__ void rmsnorm_backward_impl(T* __restrict__ dx, const T* __restrict__ 
       for (int k = 0; k < N; ++k) dot += to_f32(pg.v[k]) * to_f32(pw.v[k]) * to_f32(px.v[k]);
     }
   } else {
-    for (int i = threadIdx.x; i < h; i += blockDim.x) dot += to_f32(dout[off + i]) * to_f32(w[i]) * to_f32(x[off + i]);
+    // Same partition and order as the pack path, so alignment never changes the result.
+    for (int i0 = threadIdx.x * N; i0 < h; i0 += blockDim.x * N)
+      for (int i = i0; i < i0 + N && i < h; ++i) dot += to_f32(dout[off + i]) * to_f32(w[i]) * to_f32(x[off + i]);
   }
   dot = block_sum(dot, scratch);
   const float r = rstd[row];

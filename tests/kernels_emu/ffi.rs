@@ -265,6 +265,18 @@ impl<T: Elem> Buf<T> {
     pub fn cp(&self) -> CP {
         self.store.as_ptr().cast()
     }
+    /// Mutable pointer to element `i` (misaligned for the pack paths when `i` is odd).
+    pub fn mp_at(&mut self, i: usize) -> VP {
+        assert!(i <= self.len);
+        // SAFETY: i is within the buffer (checked above).
+        unsafe { self.mp().cast::<T>().add(i).cast() }
+    }
+    /// Const pointer to element `i`.
+    pub fn cp_at(&self, i: usize) -> CP {
+        assert!(i <= self.len);
+        // SAFETY: i is within the buffer (checked above).
+        unsafe { self.cp().cast::<T>().add(i).cast() }
+    }
 }
 
 /// SplitMix64: a small seeded generator for test data.
