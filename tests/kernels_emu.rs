@@ -3,8 +3,8 @@
 //! compared with plain f64 references written here, with tolerance `atol + |ref|·rtol`
 //! (rtol 1e-2 for bf16 storage, 1e-5 for f32). Outputs start as NaN so unwritten elements
 //! fail. This file holds the emulator self-tests and the ptxas report check (`--features
-//! cuda`); kernels_emu/ops.rs and attention.rs the per-family tests, kernels_emu/vs_cpu.rs
-//! the kernels against the CPU backend, kernels_emu/ffi.rs the FFI and helpers.
+//! cuda`); kernels_emu/ops.rs and attention.rs the per-family tests, paths.rs pack-vs-scalar
+//! bit identity, vs_cpu.rs the kernels against the CPU backend, ffi.rs the FFI and helpers.
 //! Run: `cargo test --test kernels_emu` (add `--features cuda` for the ptxas check).
 
 #[path = "kernels_emu/attention.rs"]
@@ -13,6 +13,8 @@ mod attention;
 mod ffi;
 #[path = "kernels_emu/ops.rs"]
 mod ops;
+#[path = "kernels_emu/paths.rs"]
+mod paths;
 #[path = "kernels_emu/vs_cpu.rs"]
 mod vs_cpu;
 
