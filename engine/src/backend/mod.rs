@@ -13,6 +13,8 @@
 //!   of threads (fixed reduction orders, partitions that depend on the problem size only).
 
 pub mod cpu; // CpuBackend: reference semantics
+#[cfg(feature = "cuda")]
+pub mod cuda; // KERNELS_FATBIN, PTXAS_REPORT (built by build.rs); later the cudarc backend
 pub mod rope_table; // RopeTable::new, rope_inv_freq (llama3 scaling)
 
 use crate::error::Result;

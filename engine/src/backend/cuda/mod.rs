@@ -1,0 +1,20 @@
+//! The CUDA backend (behind the `cuda` feature). For now: the kernel fatbin that build.rs
+//! compiles from kernels/*.cu (sm_80 and sm_90 SASS plus compute_80 PTX for newer GPUs) and
+//! nvcc's `ptxas -v` report of it. The cudarc runtime that loads the fatbin and launches the
+//! kernels comes next; the launch shape of each kernel is documented above it in kernels/.
+//! Neighbours: `backend::cpu` (the reference semantics these kernels must match; checked
+//! through the CPU emulator in tests/kernels_emu.rs).
+
+/// Bytes aligned to 16 (a fatbin handed to `cuModuleLoadData` must be 8-byte aligned).
+#[repr(C, align(16))]
+struct Aligned<T: ?Sized>(T);
+
+static FATBIN: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/kernels.fatbin")));
+
+/// Every kernel of kernels/*.cu in one fatbin, 16-byte aligned.
+pub static KERNELS_FATBIN: &[u8] = &FATBIN.0;
+
+/// The `ptxas -v` output of the fatbin build: registers, shared memory, stack and spills per
+/// kernel and architecture (the build fails on any spill).
+pub const PTXAS_REPORT: &str = include_str!(concat!(env!("OUT_DIR"), "/ptxas-report.txt"));

@@ -1,0 +1,67 @@
+// kernels/emu/launchers.cpp: compiles every kernels/*.cu (and selftest.cu) with g++ against
+// emu.h and exports one extern "C" launcher per kernel for the Rust tests:
+//   int emu_launch_<kernel>(gx, gy, gz, bx, by, bz, dyn_smem_bytes, kernel args...)
+// returning 0, or non-zero with the reason in emu_last_error(). Neighbours: emu.cpp,
+// tests/kernels_emu.rs (the FFI declarations, which must match the lists below).
+#include "emu.h"
+
+#include "../adamw.cu"
+#include "../attention.cu"
+#include "../cast.cu"
+#include "../cross_entropy.cu"
+#include "../embedding.cu"
+#include "../norm.cu"
+#include "../rmsnorm.cu"
+#include "../rope.cu"
+#include "../swiglu.cu"
+#include "selftest.cu"
+
+#define EMU_EXPAND(...) __VA_ARGS__
+#define EMU_LAUNCHER(name, PARAMS, ARGS)                                                                 \
+  extern "C" int emu_launch_##name(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,     \
+                                   unsigned bz, size_t shmem, EMU_EXPAND PARAMS) {                       \
+    return emu::launch(dim3(gx, gy, gz), dim3(bx, by, bz), shmem, [&] { name ARGS; });                  \
+  }
+
+#define EMU_TYPED(S, T)                                                                                  \
+  EMU_LAUNCHER(rmsnorm_forward_##S, (T * out, float* rstd, const T* x, const T* w, int h, float eps),     \
+               (out, rstd, x, w, h, eps))                                                                \
+  EMU_LAUNCHER(rmsnorm_backward_##S, (T * dx, const T* dout, const T* x, const T* w, const float* rstd, int h), \
+               (dx, dout, x, w, rstd, h))                                                                \
+  EMU_LAUNCHER(rope_forward_##S,                                                                         \
+               (T * x, const float* c, const float* s, const int* pos, int n, int heads, int hd, int max_pos), \
+               (x, c, s, pos, n, heads, hd, max_pos))                                                    \
+  EMU_LAUNCHER(rope_backward_##S,                                                                        \
+               (T * x, const float* c, const float* s, const int* pos, int n, int heads, int hd, int max_pos), \
+               (x, c, s, pos, n, heads, hd, max_pos))                                                    \
+  EMU_LAUNCHER(swiglu_forward_##S, (T * out, const T* gate, const T* up, size_t len), (out, gate, up, len)) \
+  EMU_LAUNCHER(swiglu_backward_##S, (T * dgate, T* dup, const T* dout, const T* gate, const T* up, size_t len), \
+               (dgate, dup, dout, gate, up, len))                                                        \
+  EMU_LAUNCHER(cross_entropy_##S, (float* loss, T* logits, const int* targets, int vocab, float scale),   \
+               (loss, logits, targets, vocab, scale))                                                    \
+  EMU_LAUNCHER(embedding_##S, (T * out, const T* table, const int* ids, int h, int vocab),               \
+               (out, table, ids, h, vocab))                                                              \
+  EMU_LAUNCHER(attention_forward_##S,                                                                    \
+               (T * out, float* lse, const T* q, const T* k, const T* v, const int* starts, int n, int seq, \
+                int heads, int kv_heads, int hd, float scale),                                           \
+               (out, lse, q, k, v, starts, n, seq, heads, kv_heads, hd, scale))
+
+EMU_TYPED(f32, float)
+EMU_TYPED(bf16, bf16)
+EMU_LAUNCHER(adamw_f32,
+             (float* p, const float* g, float* m, float* v, size_t len, float b1, float b2, float eps, float decay,
+              float step_size, float bc2_sqrt),
+             (p, g, m, v, len, b1, b2, eps, decay, step_size, bc2_sqrt))
+EMU_LAUNCHER(cast_f32_to_bf16, (bf16 * dst, const float* src, size_t len), (dst, src, len))
+EMU_LAUNCHER(cast_bf16_to_f32, (float* dst, const bf16* src, size_t len), (dst, src, len))
+EMU_LAUNCHER(sumsq_partials_f32, (double* partials, const float* x, size_t len), (partials, x, len))
+EMU_LAUNCHER(sum_partials_f64, (double* out, const double* partials, int count), (out, partials, count))
+EMU_LAUNCHER(selftest_block_reduce, (float* out, const float* in), (out, in))
+EMU_LAUNCHER(selftest_warp, (int* out, const int* in), (out, in))
+EMU_LAUNCHER(selftest_atomics, (int* counter, float* fsum, const int* in), (counter, fsum, in))
+EMU_LAUNCHER(selftest_divergent_barrier, (int* out), (out))
+EMU_LAUNCHER(selftest_bad_mask, (int* out), (out))
+EMU_LAUNCHER(selftest_missing_barrier, (float* out), (out))
+
+// Exposed for the bf16 rounding test: the emulator's float -> bf16 -> bits.
+extern "C" uint16_t emu_f32_to_bf16_bits(float f) { return __float2bfloat16_rn(f).x; }
