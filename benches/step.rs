@@ -1,0 +1,86 @@
+//! Criterion benches of one LoRA training step (forward, backward, AdamW) and of forward-only
+//! evaluation on the real SmolLM2-135M at batch 4 × seq 256 — the settings of
+//! scripts/compare/torch_peft.py. Skips (printing why) when the model cannot be fetched.
+//!
+//! `RAYON_NUM_THREADS=2 cargo bench --bench step`. Tokens/s = 1024 / the reported time.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use gradients_engine::assets;
+use gradients_engine::backend::cpu::CpuBackend;
+use gradients_engine::backend::Backend;
+use gradients_engine::lora::{LoraConfig, LoraState, LoraWeights};
+use gradients_engine::model::load::load_model;
+use gradients_engine::model::{Batch, Llama, Sample, StepOptions};
+use gradients_engine::optim::adamw::{AdamW, AdamWConfig};
+
+fn step(c: &mut Criterion) {
+    let path = match assets::smollm2_gguf() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIP: SmolLM2-135M unavailable: {why}");
+            return;
+        }
+    };
+    let m = load_model(&path).expect("model loads");
+    let cfg = &m.config;
+    let be: CpuBackend = CpuBackend::new();
+    let mut model = Llama::new(be.clone(), cfg, &m.weights).unwrap();
+    let lw = LoraWeights::init(cfg, &LoraConfig::default(), 0).unwrap();
+    let mut lora = LoraState::upload(&be, &lw).unwrap();
+    let mut grads = lora.zeros_grads(&be).unwrap();
+    let lens: Vec<usize> = lora.params().iter().map(|p| be.len(p)).collect();
+    let mut opt = AdamW::new(&be, AdamWConfig::default(), &lens).unwrap();
+    let (batch, seq) = (4usize, 256usize);
+    let rows: Vec<Vec<u32>> = (0..batch)
+        .map(|r| {
+            (0..seq)
+                .map(|t| ((r * 7919 + t * 104729) % cfg.vocab_size) as u32)
+                .collect()
+        })
+        .collect();
+    let labels: Vec<Vec<i32>> = rows
+        .iter()
+        .map(|r| r.iter().map(|&i| i as i32).collect())
+        .collect();
+    let samples: Vec<Sample> = rows
+        .iter()
+        .zip(&labels)
+        .map(|(i, l)| Sample {
+            input_ids: i,
+            labels: l,
+        })
+        .collect();
+    let b = Batch::unpacked(&samples, seq, cfg.vocab_size).unwrap();
+
+    let mut g = c.benchmark_group("smollm2_135m_4x256");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements((batch * seq) as u64));
+    g.bench_function("train_step", |bench| {
+        bench.iter(|| {
+            model
+                .forward_backward(&b, &lora, &mut grads, &StepOptions::default())
+                .unwrap();
+            let gb = grads.bufs();
+            let mut p = lora.params_mut();
+            opt.step(&be, &mut p, &gb, 1e-4).unwrap();
+        })
+    });
+    g.bench_function("train_step_recompute", |bench| {
+        let opts = StepOptions {
+            recompute: true,
+            ..StepOptions::default()
+        };
+        bench.iter(|| {
+            model
+                .forward_backward(&b, &lora, &mut grads, &opts)
+                .unwrap()
+        })
+    });
+    g.bench_function("eval_forward", |bench| {
+        bench.iter(|| model.forward_loss(&b, Some(&lora)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, step);
+criterion_main!(benches);
