@@ -267,7 +267,15 @@ impl<B: Backend> Llama<B> {
         } else {
             &mut self.eval_plan
         };
-        if slot.as_ref().is_none_or(|pl| pl.key != key) {
+        // a plan that keeps every block's activations also serves a recompute step
+        let fits = |pl: &Plan<B>| {
+            pl.key.saved >= key.saved
+                && PlanKey {
+                    saved: pl.key.saved,
+                    ..key.clone()
+                } == pl.key
+        };
+        if !slot.as_ref().is_some_and(fits) {
             *slot = None; // free the old plan before allocating the new one
             *slot = Some(Plan::new(&self.be, key, self.cfg.num_layers)?);
         }
@@ -290,7 +298,7 @@ impl<B: Backend> Llama<B> {
             .embedding(&mut plan.residual[0], &self.embed, &batch.input_ids, d.h)?;
         for (l, w) in self.layers.iter().enumerate() {
             let (done, rest) = plan.residual.split_at_mut(l + 1);
-            let acts = &mut plan.acts[if saved == 1 { 0 } else { l }];
+            let acts = &mut plan.acts[if saved == 1 { 0 } else { l }]; // saved: what this step needs
             cx.layer_forward(
                 Some(&mut rest[0]),
                 acts,
