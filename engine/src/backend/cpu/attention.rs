@@ -15,7 +15,7 @@
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::simd::{attn_grad_row, exp_sub_sum, row_max, scale_row};
+use super::simd::{attn_grad_row, dot as simd_dot, exp_sub_sum, row_max, scale_row};
 use super::{check_len, checked_size, Real};
 use crate::error::{Error, Result};
 
@@ -125,6 +125,7 @@ pub(crate) struct Saved<'a, T> {
     pub lse: &'a [T],
 }
 
+#[cfg(test)]
 #[inline(always)]
 fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let mut s = T::ZERO;
@@ -329,7 +330,7 @@ pub(crate) fn backward<T: Real>(d: &Dims, g: Grads<'_, T>, s: Saved<'_, T>, star
                     let (lo, hi) = (starts[i] as usize - k_lo, i - k_lo);
                     let o = &s.out[t * qw + h * hd..t * qw + (h + 1) * hd];
                     let dy = &s.dout[t * qw + h * hd..t * qw + (h + 1) * hd];
-                    let di = dot(dy, o);
+                    let di = simd_dot(dy, o);
                     let li = s.lse[t * heads + h];
                     attn_grad_row(&mut prow[lo..=hi], &mut dprow[lo..=hi], li, di, scale);
                     prow[..lo].fill(T::ZERO);

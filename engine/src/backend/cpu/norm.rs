@@ -1,13 +1,15 @@
 //! RMSNorm of the CPU backend, one rayon item per token row of width `h`.
 //!
-//! Forward: `r = 1/sqrt(Σⱼ xⱼ²/h + eps)`, `outⱼ = (xⱼ·r)·wⱼ` (HF's order: normalise, then
+//! Forward: `r = 1/sqrt((Σⱼ xⱼ²)/h + eps)`, `outⱼ = (xⱼ·r)·wⱼ` (HF's order: normalise, then
 //! scale by the weight); saves `r` per row.
 //! Backward (accumulates): with `g = Σₖ wₖ·doutₖ·xₖ`,
 //! `dxⱼ += r·wⱼ·doutⱼ − (r³/h)·g·xⱼ`. The weight is frozen, so it gets no gradient.
-//! Sums run in index order in `T`. Lengths are checked by the caller (`mod.rs`).
+//! Sums are lane-ordered dot products (`simd.rs`), so they do not depend on threads.
+//! Lengths are checked by the caller (`mod.rs`).
 
 use rayon::prelude::*;
 
+use super::simd::dot;
 use super::Real;
 
 /// `out = x · rstd · w` per row; `rstd[t] = 1/sqrt(mean(x[t]²) + eps)`.
@@ -22,16 +24,13 @@ pub(crate) fn rmsnorm_forward<T: Real>(
     if h == 0 {
         return;
     }
-    let inv_h = T::ONE / T::from_f64(h as f64);
+    let hf = T::from_f64(h as f64);
     out.par_chunks_mut(h)
         .zip(rstd.par_iter_mut())
         .zip(x.par_chunks(h))
         .for_each(|((out, r), x)| {
-            let mut ss = T::ZERO;
-            for &v in x {
-                ss += v * v;
-            }
-            let rs = T::ONE / (ss * inv_h + eps).sqrt();
+            let ss = dot(x, x);
+            let rs = T::ONE / (ss / hf + eps).sqrt();
             *r = rs;
             for ((o, &v), &wj) in out.iter_mut().zip(x).zip(w) {
                 *o = (v * rs) * wj;
@@ -56,11 +55,10 @@ pub(crate) fn rmsnorm_backward<T: Real>(
         .zip(dout.par_chunks(h))
         .zip(x.par_chunks(h))
         .zip(rstd.par_iter())
-        .for_each(|(((dx, dy), x), &r)| {
-            let mut g = T::ZERO;
-            for ((&dyj, &xj), &wj) in dy.iter().zip(x).zip(w) {
-                g += wj * dyj * xj;
-            }
+        .for_each_init(Vec::new, |wdy, (((dx, dy), x), &r)| {
+            wdy.clear();
+            wdy.extend(dy.iter().zip(w).map(|(&dyj, &wj)| wj * dyj));
+            let g = dot(wdy, x);
             let c = r * r * r * inv_h * g;
             for (((d, &dyj), &xj), &wj) in dx.iter_mut().zip(dy).zip(x).zip(w) {
                 *d += r * wj * dyj - c * xj;

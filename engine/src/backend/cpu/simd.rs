@@ -20,6 +20,7 @@ pub(crate) const LANES: usize = 8;
 /// capped at 88.7 (near f32's largest finite result). Integer-and-float only, so a CUDA
 /// port can reproduce it.
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // clamp asserts, which blocks vectorisation
 pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
@@ -44,7 +45,7 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * (r * r) + r + 1.0;
     // n = bits(t) − bits(MAGIC), exactly, for |n| < 2^22.
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
@@ -124,7 +125,8 @@ fn attn_grad_impl<T: Real>(p: &mut [T], dp: &mut [T], lse: T, d: T, scale: T) {
     }
 }
 
-/// Defines `pub fn $name` that runs `$imp` through an AVX2 build when the CPU has AVX2.
+/// Defines `pub(crate) fn $name` that runs the `#[inline(always)]` generic `$imp` through an
+/// AVX2 build of it when the CPU has AVX2, and the baseline build otherwise.
 macro_rules! dispatch {
     ($(#[$doc:meta])* $name:ident, $avx:ident, $imp:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         #[cfg(target_arch = "x86_64")]
@@ -147,6 +149,28 @@ macro_rules! dispatch {
     };
 }
 
+pub(crate) use dispatch;
+
+#[inline(always)]
+fn dot_impl<T: Real>(a: &[T], b: &[T]) -> T {
+    let mut l = [T::ZERO; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for j in 0..LANES {
+            l[j] += x[j] * y[j];
+        }
+    }
+    for (j, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        l[j] += x * y;
+    }
+    combine(l)
+}
+
+dispatch!(
+    /// `Σ a_i·b_i` over the common length, in lane order (see the module doc).
+    dot, dot_avx2, dot_impl, (a: &[T], b: &[T]) -> T
+);
 dispatch!(
     /// The largest value of `x` (−∞ when empty).
     row_max, row_max_avx2, max_impl, (x: &[T]) -> T
@@ -208,5 +232,12 @@ mod tests {
         scale_row(&mut z, 2.0);
         assert!(z.iter().zip(&y).all(|(a, b)| *a == 2.0 * b));
         assert_eq!(row_max::<f32>(&[]), f32::NEG_INFINITY);
+        let d = dot(&x, &y);
+        let want: f64 = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
+        assert!((f64::from(d) - want).abs() < 1e-5 * want.abs().max(1.0));
     }
 }

@@ -1,31 +1,64 @@
 //! SwiGLU of the CPU backend, elementwise over `[n, f]` flattened, in rayon chunks.
 //!
-//! Forward: `σ(g) = 1/(1 + e^(−g))`, `silu(g) = g·σ(g)`, `out = silu(g)·up`.
-//! Backward (overwrites): `dup = dout·silu(g)`,
-//! `dgate = dout·up·σ(g)·(1 + g·(1 − σ(g)))`.
+//! Forward: `silu(g) = g/(1 + e^(−g))` (torch's form), `out = silu(g)·up`.
+//! Backward (overwrites), with `σ(g) = 1/(1 + e^(−g))`: `dup = dout·(g·σ(g))`,
+//! `dgate = dout·up·σ(g)·(1 + g·(1 − σ(g)))`. `e^x` is `simd.rs`'s vectorisable exp.
 
 use rayon::prelude::*;
 
+use super::simd::dispatch;
 use super::Real;
 
 /// Elements per rayon work item.
 const CHUNK: usize = 1 << 14;
 
+/// σ(g) with the vectorisable exp (`simd.rs`).
 #[inline(always)]
 fn sigmoid<T: Real>(g: T) -> T {
-    T::ONE / (T::ONE + (-g).exp())
+    T::ONE / (T::ONE + (-g).exp_fast())
 }
+
+#[inline(always)]
+fn forward_impl<T: Real>(out: &mut [T], gate: &[T], up: &[T]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (T::ONE + (-g).exp_fast()) * u;
+    }
+}
+
+#[inline(always)]
+fn backward_impl<T: Real>(dg: &mut [T], du: &mut [T], dy: &[T], gate: &[T], up: &[T]) {
+    let n = dg
+        .len()
+        .min(du.len())
+        .min(dy.len())
+        .min(gate.len())
+        .min(up.len());
+    let (dg, du, dy, gate, up) = (&mut dg[..n], &mut du[..n], &dy[..n], &gate[..n], &up[..n]);
+    for i in 0..n {
+        let (g, u, d) = (gate[i], up[i], dy[i]);
+        let s = sigmoid(g);
+        du[i] = d * (g * s);
+        dg[i] = d * u * s * (T::ONE + g * (T::ONE - s));
+    }
+}
+
+dispatch!(
+    /// One chunk of the forward.
+    forward_chunk, forward_chunk_avx2, forward_impl,
+    (out: &mut [T], gate: &[T], up: &[T]) -> ()
+);
+dispatch!(
+    /// One chunk of the backward.
+    backward_chunk, backward_chunk_avx2, backward_impl,
+    (dg: &mut [T], du: &mut [T], dy: &[T], gate: &[T], up: &[T]) -> ()
+);
 
 /// `out = silu(gate) · up`.
 pub(crate) fn forward<T: Real>(out: &mut [T], gate: &[T], up: &[T]) {
     out.par_chunks_mut(CHUNK)
         .zip(gate.par_chunks(CHUNK))
         .zip(up.par_chunks(CHUNK))
-        .for_each(|((out, gate), up)| {
-            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = g * sigmoid(g) * u;
-            }
-        });
+        .for_each(|((out, gate), up)| forward_chunk(out, gate, up));
 }
 
 /// `dgate`, `dup` = gradients of [`forward`] for `dout`.
@@ -35,14 +68,7 @@ pub(crate) fn backward<T: Real>(dgate: &mut [T], dup: &mut [T], dout: &[T], gate
         .zip(dup.par_chunks_mut(CHUNK))
         .zip(dout.par_chunks(CHUNK))
         .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .for_each(|(((dg, du), dy), (gate, up))| {
-            for i in 0..dg.len() {
-                let (g, u, d) = (gate[i], up[i], dy[i]);
-                let s = sigmoid(g);
-                du[i] = d * (g * s);
-                dg[i] = d * u * s * (T::ONE + g * (T::ONE - s));
-            }
-        });
+        .for_each(|(((dg, du), dy), (gate, up))| backward_chunk(dg, du, dy, gate, up));
 }
 
 #[cfg(test)]

@@ -240,4 +240,33 @@ mod tests {
         assert!(same_bits(&l1, &l2));
         assert!(same_bits(&d1, &d2));
     }
+
+    /// Timing at SmolLM2's lm_head shape for `XENT_N` tokens (default 256), single thread:
+    /// `cargo test --lib xent_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn xent_timing() {
+        let n: usize = std::env::var("XENT_N").map_or(256, |v| v.parse().unwrap());
+        let (h, vocab) = (576, 49152);
+        let be = CpuBackend::<f32>::new();
+        let mut rng = Rng(14);
+        let hidden: Vec<f32> = randn_f32(&mut rng, n * h)
+            .iter()
+            .map(|x| x * 0.05)
+            .collect();
+        let lm: Vec<f32> = randn_f32(&mut rng, vocab * h)
+            .iter()
+            .map(|x| x * 0.05)
+            .collect();
+        let tg = targets(&mut rng, n, vocab);
+        let mut dh = vec![0.0f32; n * h];
+        in_pool(1, || {
+            let t = std::time::Instant::now();
+            be.cross_entropy(Some(&mut dh), &hidden, &lm, &tg, n, h, vocab, 1.0)
+                .unwrap();
+            let dt = t.elapsed().as_secs_f64();
+            let gflop = 4.0 * (n * h * vocab) as f64 * 1e-9;
+            println!("n={n}: {dt:.3} s, {:.1} GFLOP/s", gflop / dt);
+        });
+    }
 }
