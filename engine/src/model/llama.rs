@@ -9,10 +9,11 @@
 //! never forming `B·A`. The loss is HF's: mean cross-entropy over all non-ignored shifted
 //! targets of the batch.
 //!
-//! Gradients: [`Llama::forward_backward`] overwrites every LoRA gradient (`dA`, `dB`); the
-//! frozen weights get none. Internally the residual-stream gradient accumulates (`+=`)
-//! through the blocks; each Linear's input gradient overwrites on its first contribution and
-//! accumulates afterwards (q, k, v and gate, up share their input).
+//! Gradients: [`Llama::forward_backward`] overwrites every LoRA gradient (`dA`, `dB`), or adds
+//! into them with [`StepOptions::accumulate`]; the frozen weights get none. Internally the
+//! residual-stream gradient accumulates (`+=`) through the blocks; each Linear's input
+//! gradient overwrites on its first contribution and accumulates afterwards (q, k, v and
+//! gate, up share their input).
 
 use super::llama_backward::layer_backward;
 use super::llama_forward::{Ctx, DeviceLayer};
@@ -37,6 +38,9 @@ pub struct StepOptions {
     /// Multiplier of the summed token losses in the gradient; `None` = `1/num_targets`
     /// (HF's mean). Set it to `1/total_targets` to accumulate micro-batches.
     pub loss_scale: Option<f32>,
+    /// Add this step's gradients into `grads` (`+=`) instead of overwriting them, for
+    /// micro-batch accumulation (with `loss_scale` set to `1/total_targets`).
+    pub accumulate: bool,
 }
 
 /// What a training step reports.
@@ -293,12 +297,14 @@ impl<B: Backend> Llama<B> {
             p,
             seed: opts.seed,
             step: opts.step,
+            accumulate: opts.accumulate,
         };
         self.be
             .embedding(&mut plan.residual[0], &self.embed, &batch.input_ids, d.h)?;
         for (l, w) in self.layers.iter().enumerate() {
             let (done, rest) = plan.residual.split_at_mut(l + 1);
-            let acts = &mut plan.acts[if saved == 1 { 0 } else { l }]; // saved: what this step needs
+            // `saved` is what this step needs (the plan may hold more)
+            let acts = &mut plan.acts[if saved == 1 { 0 } else { l }];
             cx.layer_forward(
                 Some(&mut rest[0]),
                 acts,
@@ -321,8 +327,9 @@ impl<B: Backend> Llama<B> {
         )
     }
 
-    /// One training step's forward and backward: returns the mean loss and overwrites `grads`
-    /// with the gradients of `loss_scale · Σ token losses` w.r.t. every LoRA `A` and `B`.
+    /// One training step's forward and backward: returns the mean loss and overwrites (or, with
+    /// `opts.accumulate`, adds into) `grads` with the gradients of `loss_scale · Σ token losses`
+    /// w.r.t. every LoRA `A` and `B`.
     pub fn forward_backward(
         &mut self,
         batch: &Batch,
@@ -381,6 +388,7 @@ impl<B: Backend> Llama<B> {
             p: lora.config.dropout,
             seed: opts.seed,
             step: opts.step,
+            accumulate: opts.accumulate,
         };
         for (l, w) in self.layers.iter().enumerate().rev() {
             let idx = if opts.recompute { 0 } else { l };

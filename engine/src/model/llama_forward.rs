@@ -55,6 +55,8 @@ pub(crate) struct Ctx<'a, B: Backend> {
     pub seed: u64,
     /// Dropout step counter.
     pub step: u64,
+    /// The backward adds into the LoRA gradients instead of overwriting them.
+    pub accumulate: bool,
 }
 
 impl<B: Backend> Ctx<'_, B> {
