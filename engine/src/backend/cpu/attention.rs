@@ -10,7 +10,8 @@
 //! `dS_ij = P_ij (dP_ij − D_i)`, `dq_i = Σ_j dS_ij k_j /sqrt(hd)`,
 //! `dk_j = Σ_i dS_ij q_i /sqrt(hd)` (summed over the query heads sharing the kv head).
 //! Work is split into (batch row, head) items; every sum runs in a fixed order inside one
-//! item, so results do not depend on the thread count.
+//! item (the backward's sum over the heads of a kv group runs in head order after them), so
+//! results do not depend on the thread count.
 
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -136,7 +137,7 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 }
 
 /// Queries per block: a block's scores against its keys are one `[BQ, keys]` GEMM.
-const BQ: usize = 64;
+const BQ: usize = 32;
 
 /// A raw pointer shared by rayon items that write disjoint elements of one buffer.
 #[derive(Clone, Copy)]
@@ -269,38 +270,37 @@ pub(crate) fn forward<T: Real>(
     });
 }
 
-/// Backward: overwrites `dq`, `dk`, `dv`. One rayon item per (batch row, kv head), which
-/// owns that kv head's `dk`/`dv` rows and the `dq` of its query heads; it walks its query
-/// heads in order and their query blocks in order, recomputing `P` from the saved `lse`.
+/// Backward: overwrites `dq`, `dk`, `dv`, in two passes.
+/// 1. One rayon item per (batch row, query head) walks its query blocks in order,
+///    recomputing `P` from the saved `lse`; it writes its head's `dq` and accumulates its
+///    head's share of `dk`/`dv` into a private `[seq, hd]` scratch pair.
+/// 2. One rayon item per token sums the shares of the heads of each kv group in head order.
 pub(crate) fn backward<T: Real>(d: &Dims, g: Grads<'_, T>, s: Saved<'_, T>, starts: &[u32]) {
     let (seq, hd, heads, kvh) = (d.seq, d.hd, d.heads, d.kv_heads);
     let (qw, kw) = (heads * hd, kvh * hd);
-    if seq == 0 || d.batch == 0 {
+    if seq == 0 || d.batch == 0 || heads == 0 {
+        g.dk.fill(T::ZERO);
+        g.dv.fill(T::ZERO);
         return;
     }
     let scale: T = d.scale();
-    let (dq_p, dk_p, dv_p) = (
-        SharedMut::new(g.dq),
-        SharedMut::new(g.dk),
-        SharedMut::new(g.dv),
-    );
-    (0..d.batch * kvh).into_par_iter().for_each(|item| {
-        let (b, gk) = (item / kvh, item % kvh);
-        let r0 = b * seq;
-        let starts = &starts[r0..r0 + seq];
-        // SAFETY: rows of batch row b, columns of kv head gk of dk and dv belong to this
-        // item alone; these views are the only ones and are dropped before the item ends.
-        let (mut dk_all, mut dv_all) = unsafe {
-            (
-                dk_p.view(r0, seq, kw, gk * hd, hd),
-                dv_p.view(r0, seq, kw, gk * hd, hd),
-            )
-        };
-        dk_all.fill(T::ZERO);
-        dv_all.fill(T::ZERO);
-        let mut p = vec![T::ZERO; BQ.min(seq) * seq];
-        let mut dp = vec![T::ZERO; BQ.min(seq) * seq];
-        for h in gk * d.group..(gk + 1) * d.group {
+    let dq_p = SharedMut::new(g.dq);
+    let share = seq * hd;
+    // [batch·heads][dk | dv][seq, hd]
+    let mut shares = vec![T::ZERO; d.batch * heads * 2 * share];
+    shares
+        .par_chunks_mut(2 * share)
+        .enumerate()
+        .for_each(|(item, sh)| {
+            let (b, h) = (item / heads, item % heads);
+            let gk = h / d.group;
+            let r0 = b * seq;
+            let starts = &starts[r0..r0 + seq];
+            let (dk_sh, dv_sh) = sh.split_at_mut(share);
+            let mut dk_all = MatMut::from_row_major_slice_mut(dk_sh, seq, hd);
+            let mut dv_all = MatMut::from_row_major_slice_mut(dv_sh, seq, hd);
+            let mut p = vec![T::ZERO; BQ.min(seq) * seq];
+            let mut dp = vec![T::ZERO; BQ.min(seq) * seq];
             for (q0, q1, k_lo) in blocks(starts) {
                 let (bq, l) = (q1 - q0, q1 - k_lo);
                 let (pm, dpm) = (&mut p[..bq * l], &mut dp[..bq * l]);
@@ -342,14 +342,36 @@ pub(crate) fn backward<T: Real>(d: &Dims, g: Grads<'_, T>, s: Saved<'_, T>, star
                     MatRef::from_row_major_slice(&*pm, bq, l),
                     MatRef::from_row_major_slice(&*dpm, bq, l),
                 );
-                // SAFETY: rows r0+q0..r0+q1, columns of head h of dq belong to this item.
+                // SAFETY: rows r0+q0..r0+q1, columns of head h of dq belong to this item alone.
                 let dq_blk = unsafe { dq_p.view(r0 + q0, bq, qw, h * hd, hd) };
                 matmul(dq_blk, dsr, k_span, T::ONE);
                 matmul_acc(dk_all.as_mut().subrows_mut(k_lo, l), dsr.transpose(), q_blk);
                 matmul_acc(dv_all.as_mut().subrows_mut(k_lo, l), pr.transpose(), do_blk);
             }
-        }
-    });
+        });
+    let group = d.group;
+    g.dk.par_chunks_mut(kw)
+        .zip(g.dv.par_chunks_mut(kw))
+        .enumerate()
+        .for_each(|(t, (dk, dv))| {
+            let (b, i) = (t / seq, t % seq);
+            for gk in 0..kvh {
+                for (half, out) in [(0, &mut *dk), (1, &mut *dv)] {
+                    let out = &mut out[gk * hd..(gk + 1) * hd];
+                    for (j, h) in (gk * group..(gk + 1) * group).enumerate() {
+                        let base = ((b * heads + h) * 2 + half) * share + i * hd;
+                        let src = &shares[base..base + hd];
+                        if j == 0 {
+                            out.copy_from_slice(src);
+                        } else {
+                            for (o, &v) in out.iter_mut().zip(src) {
+                                *o += v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
 }
 
 /// `c = alpha·a·b`, single-threaded (inside a rayon item).
