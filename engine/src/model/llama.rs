@@ -271,13 +271,16 @@ impl<B: Backend> Llama<B> {
         } else {
             &mut self.eval_plan
         };
-        // a plan that keeps every block's activations also serves a recompute step
+        // a plan with more buffers serves a step that needs fewer: all blocks' activations
+        // serve a recompute step, LoRA buffers a base-model pass (DPO's reference), dropout
+        // scratch a step without dropout
         let fits = |pl: &Plan<B>| {
-            pl.key.saved >= key.saved
-                && PlanKey {
-                    saved: pl.key.saved,
-                    ..key.clone()
-                } == pl.key
+            let k = &pl.key;
+            k.dims == key.dims
+                && k.saved >= key.saved
+                && (k.lora == key.lora || key.lora.is_none())
+                && k.dropout >= key.dropout
+                && k.grads >= key.grads
         };
         if !slot.as_ref().is_some_and(fits) {
             *slot = None; // free the old plan before allocating the new one
