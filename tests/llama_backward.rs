@@ -35,7 +35,7 @@ fn fd_check(arch: Arch, tied: bool, lcfg: LoraConfig, recompute: bool) {
         recompute,
         seed: 17,
         step: 2,
-        loss_scale: None,
+        ..StepOptions::default()
     };
     let be = CpuBackend::<f64>::new();
     let lora = LoraState::upload(&be, &lw).unwrap();
@@ -163,7 +163,7 @@ fn recompute_gives_bit_identical_gradients() {
                 recompute,
                 seed: 1,
                 step: 9,
-                loss_scale: None,
+                ..StepOptions::default()
             };
             let s = m.forward_backward(&batch, &lora, &mut g, &opts).unwrap();
             (s.loss, g.download(&be, &lw).unwrap())
@@ -195,7 +195,7 @@ fn train(
             recompute: step % 2 == 0,
             seed: 3,
             step: step as u64,
-            loss_scale: None,
+            ..StepOptions::default()
         };
         let s = m.forward_backward(batch, &lora, &mut grads, &opts).unwrap();
         losses.push(s.loss.to_bits());
@@ -264,6 +264,43 @@ fn gradients_overwrite_and_scale() {
     for (a, b) in first.params().iter().zip(twice.params()) {
         for (x, y) in a.data.iter().zip(&b.data) {
             assert!((2.0 * x - y).abs() <= 1e-5 * x.abs().max(1e-3), "{x} {y}");
+        }
+    }
+}
+
+#[test]
+fn accumulate_adds_micro_batch_gradients() {
+    let (cfg, w, lw, batch) = f32_setup(Arch::Qwen2, 0.1, 32);
+    let other = mixed_batch(24, cfg.vocab_size, 77);
+    let be = CpuBackend::<f32>::new();
+    let lora = LoraState::upload(&be, &lw).unwrap();
+    let mut m = Llama::new(be.clone(), &cfg, &w).unwrap();
+    let total = (batch.num_targets() + other.num_targets()) as f32;
+    let opts = StepOptions {
+        seed: 4,
+        loss_scale: Some(1.0 / total),
+        ..StepOptions::default()
+    };
+    let mut ga = lora.zeros_grads(&be).unwrap();
+    let mut gb = lora.zeros_grads(&be).unwrap();
+    m.forward_backward(&batch, &lora, &mut ga, &opts).unwrap();
+    m.forward_backward(&other, &lora, &mut gb, &opts).unwrap();
+    let (a, b) = (
+        ga.download(&be, &lw).unwrap(),
+        gb.download(&be, &lw).unwrap(),
+    );
+    let acc = StepOptions {
+        accumulate: true,
+        ..opts
+    };
+    m.forward_backward(&other, &lora, &mut ga, &acc).unwrap();
+    let sum = ga.download(&be, &lw).unwrap();
+    for ((x, y), s) in a.params().iter().zip(b.params()).zip(sum.params()) {
+        for ((x, y), s) in x.data.iter().zip(&y.data).zip(&s.data) {
+            assert!(
+                (x + y - s).abs() <= 1e-6 * (x.abs() + y.abs()) + 1e-9,
+                "{x} + {y} != {s}"
+            );
         }
     }
 }

@@ -202,3 +202,77 @@ impl<B: Backend> LoraGrads<B> {
         Ok(s.sqrt())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::model::{Arch, ModelConfig};
+
+    fn cfg() -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Llama,
+            vocab_size: 20,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_layers: 2,
+            num_heads: 2,
+            num_kv_heads: 1,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            max_position_embeddings: 32,
+            bos_token_id: None,
+            eos_token_id: None,
+        }
+    }
+
+    #[test]
+    fn upload_download_round_trip_and_flat_order() {
+        let c = cfg();
+        let lora = LoraConfig {
+            rank: 3,
+            targets: vec![Target::K, Target::Down],
+            ..LoraConfig::default()
+        };
+        let mut w = LoraWeights::init(&c, &lora, 5).unwrap();
+        for (i, p) in w.pairs_mut().iter_mut().enumerate() {
+            p.b.data.iter_mut().for_each(|v| *v = i as f32 + 0.5);
+        }
+        let be = CpuBackend::<f32>::new();
+        let state = LoraState::upload(&be, &w).unwrap();
+        assert_eq!(state.scaling, 16.0 / 3.0);
+        assert!(state.get(1, Target::Down).is_some() && state.get(1, Target::Q).is_none());
+        let mut back = LoraWeights::zeros(&c, &lora).unwrap();
+        state.download(&be, &mut back).unwrap();
+        assert_eq!(back, w);
+        // the flat order matches the host's params()
+        let host: Vec<Vec<f32>> = w.params().iter().map(|t| t.data.clone()).collect();
+        let dev: Vec<Vec<f32>> = state
+            .params()
+            .iter()
+            .map(|b| be.download(b).unwrap())
+            .collect();
+        assert_eq!(host, dev);
+        let mut g = state.zeros_grads(&be).unwrap();
+        for (i, b) in g.bufs_mut().into_iter().enumerate() {
+            be.fill(b, i as f32).unwrap();
+        }
+        let n: f64 = w
+            .params()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i * i * t.len()) as f64)
+            .sum();
+        assert!((g.global_norm(&be).unwrap() - n.sqrt()).abs() < 1e-9);
+        let gw = g.download(&be, &w).unwrap();
+        assert!(gw.pairs()[3].b.data.iter().all(|&v| v == 7.0));
+        // a rank mismatch is an error naming the module
+        w.pairs_mut()[1].a = Tensor::zeros(vec![2, 24]);
+        let err = LoraState::upload(&be, &w).err().unwrap().to_string();
+        assert!(err.contains("layers.0.down_proj"), "{err}");
+    }
+}

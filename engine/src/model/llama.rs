@@ -9,10 +9,11 @@
 //! never forming `B·A`. The loss is HF's: mean cross-entropy over all non-ignored shifted
 //! targets of the batch.
 //!
-//! Gradients: [`Llama::forward_backward`] overwrites every LoRA gradient (`dA`, `dB`); the
-//! frozen weights get none. Internally the residual-stream gradient accumulates (`+=`)
-//! through the blocks; each Linear's input gradient overwrites on its first contribution and
-//! accumulates afterwards (q, k, v and gate, up share their input).
+//! Gradients: [`Llama::forward_backward`] overwrites every LoRA gradient (`dA`, `dB`), or adds
+//! into them with [`StepOptions::accumulate`]; the frozen weights get none. Internally the
+//! residual-stream gradient accumulates (`+=`) through the blocks; each Linear's input
+//! gradient overwrites on its first contribution and accumulates afterwards (q, k, v and
+//! gate, up share their input).
 
 use super::llama_backward::layer_backward;
 use super::llama_forward::{Ctx, DeviceLayer};
@@ -37,6 +38,9 @@ pub struct StepOptions {
     /// Multiplier of the summed token losses in the gradient; `None` = `1/num_targets`
     /// (HF's mean). Set it to `1/total_targets` to accumulate micro-batches.
     pub loss_scale: Option<f32>,
+    /// Add this step's gradients into `grads` (`+=`) instead of overwriting them, for
+    /// micro-batch accumulation (with `loss_scale` set to `1/total_targets`).
+    pub accumulate: bool,
 }
 
 /// What a training step reports.
@@ -267,7 +271,18 @@ impl<B: Backend> Llama<B> {
         } else {
             &mut self.eval_plan
         };
-        if slot.as_ref().is_none_or(|pl| pl.key != key) {
+        // a plan with more buffers serves a step that needs fewer: all blocks' activations
+        // serve a recompute step, LoRA buffers a base-model pass (DPO's reference), dropout
+        // scratch a step without dropout
+        let fits = |pl: &Plan<B>| {
+            let k = &pl.key;
+            k.dims == key.dims
+                && k.saved >= key.saved
+                && (k.lora == key.lora || key.lora.is_none())
+                && k.dropout >= key.dropout
+                && k.grads >= key.grads
+        };
+        if !slot.as_ref().is_some_and(fits) {
             *slot = None; // free the old plan before allocating the new one
             *slot = Some(Plan::new(&self.be, key, self.cfg.num_layers)?);
         }
@@ -285,11 +300,13 @@ impl<B: Backend> Llama<B> {
             p,
             seed: opts.seed,
             step: opts.step,
+            accumulate: opts.accumulate,
         };
         self.be
             .embedding(&mut plan.residual[0], &self.embed, &batch.input_ids, d.h)?;
         for (l, w) in self.layers.iter().enumerate() {
             let (done, rest) = plan.residual.split_at_mut(l + 1);
+            // `saved` is what this step needs (the plan may hold more)
             let acts = &mut plan.acts[if saved == 1 { 0 } else { l }];
             cx.layer_forward(
                 Some(&mut rest[0]),
@@ -313,8 +330,9 @@ impl<B: Backend> Llama<B> {
         )
     }
 
-    /// One training step's forward and backward: returns the mean loss and overwrites `grads`
-    /// with the gradients of `loss_scale · Σ token losses` w.r.t. every LoRA `A` and `B`.
+    /// One training step's forward and backward: returns the mean loss and overwrites (or, with
+    /// `opts.accumulate`, adds into) `grads` with the gradients of `loss_scale · Σ token losses`
+    /// w.r.t. every LoRA `A` and `B`.
     pub fn forward_backward(
         &mut self,
         batch: &Batch,
@@ -373,6 +391,7 @@ impl<B: Backend> Llama<B> {
             p: lora.config.dropout,
             seed: opts.seed,
             step: opts.step,
+            accumulate: opts.accumulate,
         };
         for (l, w) in self.layers.iter().enumerate().rev() {
             let idx = if opts.recompute { 0 } else { l };

@@ -6,9 +6,10 @@
 //! `dX (+)= dY·W + drop(s·T·A)` (dropout's backward is the same mask applied to the
 //! gradient, i.e. the same `Backend::dropout` call with the same key).
 //!
-//! Overwrite/accumulate: `dA`, `dB` overwrite; the residual gradient `dres` accumulates
-//! (`+=`) through both norms of the block; `dxn`, `datt`, `dact` overwrite on their first
-//! contribution (q, gate) and accumulate the others (k, v, up).
+//! Overwrite/accumulate: `dA`, `dB` overwrite (accumulate with `StepOptions::accumulate`);
+//! the residual gradient `dres` accumulates (`+=`) through both norms of the block; `dxn`,
+//! `datt`, `dact` overwrite on their first contribution (q, gate) and accumulate the others
+//! (k, v, up).
 
 use super::llama_forward::{Ctx, DeviceLayer};
 use super::plan::{DropScratch, GradScratch, LayerActs};
@@ -18,7 +19,8 @@ use crate::lora::{LoraGrads, Target};
 
 impl<B: Backend> Ctx<'_, B> {
     /// Backward of [`Ctx::linear_forward`]: `dx = dx_beta·dx + ∂/∂X`, LoRA grads of `(layer, t)`
-    /// overwritten. `u` is the saved `[n, r]` bottleneck, `t_r` an `[n, r]` scratch.
+    /// overwritten (or `+=` when `self.accumulate`). `u` is the saved `[n, r]` bottleneck, `t_r`
+    /// an `[n, r]` scratch.
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(
         &self,
@@ -56,20 +58,21 @@ impl<B: Backend> Ctx<'_, B> {
             .get_mut(layer, t)
             .ok_or_else(|| missing("gradient buffer"))?;
         let (r, s) = (state.config.rank, state.scaling);
-        be.gemm(&mut g.b, dy, u, out, r, n, true, false, s, 0.0)?;
+        let beta = if self.accumulate { 1.0 } else { 0.0 };
+        be.gemm(&mut g.b, dy, u, out, r, n, true, false, s, beta)?;
         be.gemm(t_r, dy, &pair.b, n, r, out, false, false, 1.0, 0.0)?;
         match drop {
             Some(scr) if self.p > 0.0 => {
                 let key = self.key(layer, t);
                 let [s0, s1] = scr.for_width(d, inp);
                 be.dropout(s0, x, self.p, key)?;
-                be.gemm(&mut g.a, t_r, s0, r, inp, n, true, false, s, 0.0)?;
+                be.gemm(&mut g.a, t_r, s0, r, inp, n, true, false, s, beta)?;
                 be.gemm(s0, t_r, &pair.a, n, inp, r, false, false, s, 0.0)?;
                 be.dropout(s1, s0, self.p, key)?;
                 be.axpy(dx, 1.0, s1)
             }
             _ => {
-                be.gemm(&mut g.a, t_r, x, r, inp, n, true, false, s, 0.0)?;
+                be.gemm(&mut g.a, t_r, x, r, inp, n, true, false, s, beta)?;
                 be.gemm(dx, t_r, &pair.a, n, inp, r, false, false, s, 1.0)
             }
         }

@@ -9,7 +9,7 @@ use crate::backend::{Backend, RopeTable};
 use crate::error::Result;
 use crate::lora::{counter_hash, LoraState, Target};
 
-/// Frozen weights of one block on the backend (shapes as in [`LayerWeights`]).
+/// Frozen weights of one block on the backend (shapes as in [`super::LayerWeights`]).
 pub(crate) struct DeviceLayer<B: Backend> {
     /// `[h]`.
     pub attn_norm: B::Buf,
@@ -35,17 +35,28 @@ pub(crate) struct DeviceLayer<B: Backend> {
 
 /// Everything a block's forward and backward read besides its buffers.
 pub(crate) struct Ctx<'a, B: Backend> {
+    /// The backend running the ops.
     pub be: &'a B,
+    /// Sizes of the step.
     pub d: Dims,
+    /// RMSNorm epsilon.
     pub eps: f32,
+    /// cos/sin `[max_pos, hd/2]`.
     pub rope: &'a RopeTable<B>,
+    /// `[n]` RoPE positions.
     pub positions: &'a [u32],
+    /// `[n]` in-row sample starts (attention mask).
     pub starts: &'a [u32],
+    /// The adapter, if any.
     pub lora: Option<&'a LoraState<B>>,
     /// Dropout probability in effect (0 in eval).
     pub p: f32,
+    /// Dropout seed.
     pub seed: u64,
+    /// Dropout step counter.
     pub step: u64,
+    /// The backward adds into the LoRA gradients instead of overwriting them.
+    pub accumulate: bool,
 }
 
 impl<B: Backend> Ctx<'_, B> {

@@ -12,6 +12,8 @@
 
 mod adamw; // adamw: torch.optim.AdamW update
 mod attention; // attention_forward, attention_backward (causal GQA, packed samples)
+#[cfg(test)]
+mod attention_tests; // naive attention reference and the attention tests
 mod elementwise; // axpy, scale, add_bias, sum_squares, embedding, dropout
 mod gemm; // gemm through faer
 mod norm; // rmsnorm_forward, rmsnorm_backward
