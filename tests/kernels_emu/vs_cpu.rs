@@ -210,8 +210,19 @@ fn adamw_and_sum_squares_match_cpu_backend() {
     );
     for step in 1..=3u32 {
         let g: Vec<f32> = rng.vec(len, -0.5, 0.5);
-        cpu.adamw(&mut p_c, &g, &mut m_c, &mut v_c, lr, b1, b2, eps, wd, step)
-            .unwrap();
+        cpu.adamw(
+            &mut p_c,
+            &g,
+            &mut m_c,
+            &mut v_c,
+            lr.into(),
+            b1.into(),
+            b2.into(),
+            eps.into(),
+            wd.into(),
+            step,
+        )
+        .unwrap();
         let (bc1, bc2) = (
             1.0 - (b1 as f64).powi(step as i32),
             1.0 - (b2 as f64).powi(step as i32),

@@ -207,6 +207,8 @@ pub trait Backend: Send + Sync {
     // ---- optimiser ----------------------------------------------------------------------
     /// One AdamW update of `param` from `grad` with moments `m`, `v` (decoupled weight
     /// decay, bias correction with the 1-based `step`), as torch.optim.AdamW computes it.
+    /// The hyper-parameters are f64, like the Python floats torch computes its per-step
+    /// scalars from (`1 − β2` of an f32 `0.999` would be off by 1.3e-5 relative).
     #[allow(clippy::too_many_arguments)]
     fn adamw(
         &self,
@@ -214,11 +216,11 @@ pub trait Backend: Send + Sync {
         grad: &Self::Buf,
         m: &mut Self::Buf,
         v: &mut Self::Buf,
-        lr: f32,
-        beta1: f32,
-        beta2: f32,
-        eps: f32,
-        weight_decay: f32,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
         step: u32,
     ) -> Result<()>;
 }

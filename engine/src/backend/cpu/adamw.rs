@@ -1,7 +1,7 @@
 //! AdamW of the CPU backend, as torch.optim.AdamW computes it (single-tensor path,
 //! `foreach=False`, not fused), elementwise in rayon chunks.
 //!
-//! Scalars are computed in f64 from the f32 arguments, as Python computes them, then rounded
+//! Scalars are computed in f64 from the f64 arguments, as Python computes them, then rounded
 //! to `T`: `decay = 1 − lr·wd`, `bc1 = 1 − β1^step`, `bc2 = 1 − β2^step`,
 //! `step_size = lr / bc1`, `bc2_sqrt = sqrt(bc2)`. Then per element, in `T`:
 //! ```text
@@ -35,19 +35,19 @@ pub(crate) struct Hyper {
 
 impl Hyper {
     /// The scalars for the 1-based `step`.
-    pub fn new(lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, step: u32) -> Self {
-        let (lr, b1, b2) = (f64::from(lr), f64::from(beta1), f64::from(beta2));
+    pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, step: u32) -> Self {
+        let (b1, b2) = (beta1, beta2);
         let step = i32::try_from(step).unwrap_or(i32::MAX);
         let bc1 = 1.0 - b1.powi(step);
         let bc2 = 1.0 - b2.powi(step);
         Hyper {
-            decay: 1.0 - lr * f64::from(weight_decay),
+            decay: 1.0 - lr * weight_decay,
             lerp_w: 1.0 - b1,
             beta2: b2,
             one_minus_beta2: 1.0 - b2,
             bc2_sqrt: bc2.sqrt(),
             neg_step_size: -(lr / bc1),
-            eps: f64::from(eps),
+            eps,
         }
     }
 }
@@ -124,7 +124,7 @@ mod tests {
         let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
         let mut rp: Vec<f64> = p.iter().map(|&x| f64::from(x)).collect();
         let (mut rm, mut rv) = (vec![0.0f64; n], vec![0.0f64; n]);
-        let (lr, b1, b2, eps, wd) = (1e-2f32, 0.9f32, 0.999f32, 1e-8f32, 0.1f32);
+        let (lr, b1, b2, eps, wd) = (1e-2f64, 0.9f64, 0.999f64, 1e-8f64, 0.1f64);
         for step in 1..=3u32 {
             let g = randn_f32(&mut rng, n);
             be.adamw(&mut p, &g, &mut m, &mut v, lr, b1, b2, eps, wd, step)
@@ -135,11 +135,11 @@ mod tests {
                     f64::from(g[i]),
                     &mut rm[i],
                     &mut rv[i],
-                    f64::from(lr),
-                    f64::from(b1),
-                    f64::from(b2),
-                    f64::from(eps),
-                    f64::from(wd),
+                    lr,
+                    b1,
+                    b2,
+                    eps,
+                    wd,
                     step as i32,
                 );
             }

@@ -518,11 +518,11 @@ impl<T: Real> Backend for CpuBackend<T> {
         grad: &Vec<T>,
         m: &mut Vec<T>,
         v: &mut Vec<T>,
-        lr: f32,
-        beta1: f32,
-        beta2: f32,
-        eps: f32,
-        weight_decay: f32,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
         step: u32,
     ) -> Result<()> {
         let op = "adamw";
