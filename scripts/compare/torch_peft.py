@@ -3,7 +3,7 @@
 
 Runs the same LoRA SFT step as `gradients bench` — SmolLM2-135M-Instruct loaded from the GGUF
 (dequantised by transformers to fp32), LoRA on q,k,v,o,gate,up,down, AdamW, batch x seq tokens
-of fixed pseudo-random ids with every position labelled — and prints one JSON object with
+of the same fixed pseudo-random ids with every position labelled — and prints one JSON object with
 train tokens/s, eval tokens/s, peak RSS and the losses.
 
 Usage (threads must match the engine's run):
@@ -50,8 +50,19 @@ def main():
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=0.0)
     vocab = model.config.vocab_size
-    g = torch.Generator().manual_seed(args.seed)
-    ids = torch.randint(0, vocab, (args.batch, args.seq), generator=g)
+    # The same splitmix64 token ids as `gradients bench`, so the first losses must agree.
+    mask = (1 << 64) - 1
+    state = 0x9E3779B97F4A7C15
+
+    def next_id():
+        nonlocal state
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return (z ^ (z >> 31)) % vocab
+
+    ids = torch.tensor([[next_id() for _ in range(args.seq)] for _ in range(args.batch)])
     labels = ids.clone()
     ntok = args.batch * args.seq
 

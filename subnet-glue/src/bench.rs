@@ -76,7 +76,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut opt = AdamW::new(&be, adam, &lens)?;
 
-    // splitmix64 token ids: fixed, so runs are comparable.
+    // splitmix64 token ids: fixed, so runs are comparable;
+    // scripts/compare/torch_peft.py generates the same ids.
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
