@@ -13,12 +13,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum ErrorKind {
     /// An I/O error on a named file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file being read or written.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (already part of the message, so not chained as a source).
+        cause: std::io::Error,
     },
     /// A file whose bytes do not follow its format (truncated, corrupt, wrong magic, ...).
     #[error("{path}: {msg}")]
@@ -78,7 +78,7 @@ impl Error {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         ErrorKind::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
         .into()
     }

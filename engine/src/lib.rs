@@ -6,11 +6,16 @@
 //! optimiser (`optim`) updates them. See ARCHITECTURE.md in the steering repo for the layout.
 #![deny(missing_docs)]
 
+pub mod assets; // smollm2_gguf, alpaca_en_demo, dpo_en_demo: cached real test assets
 pub mod backend; // Backend trait (the op set), RopeTable, cpu::CpuBackend
+pub mod data; // dataset files, column mappings, tokenisation + masking, packing, split
 pub mod error; // Error, ErrorKind, Result
+pub mod io; // write_atomic, write_atomic_with (temp file + fsync + rename)
 pub mod lora; // Target, LoraConfig; adapter parameters and PEFT files
 pub mod model; // ModelConfig, ModelWeights, loaders, llama forward/backward
+pub mod optim; // Schedule, clip_grad_norm, AdamW (+ AdamWState for checkpoints)
 pub mod tensor; // DType, Tensor (host f32 storage)
+pub mod tokenizer; // Tokenizer (GGUF byte-level BPE), ChatMessage, render_chat
 
 pub use error::{Error, ErrorKind, Result};
 pub use tensor::{DType, Tensor};

@@ -29,7 +29,7 @@ impl DType {
     ///
     /// Errors when the byte count is not a multiple of the element size.
     pub fn decode(self, bytes: &[u8], out: &mut Vec<f32>) -> Result<()> {
-        if bytes.len() % self.size() != 0 {
+        if !bytes.len().is_multiple_of(self.size()) {
             return Err(Error::shape(
                 "decode",
                 format!(

@@ -1,12 +1,41 @@
 //! The `gradients` command-line tool: the engine and the subnet layer as their users drive them.
-use clap::Parser;
+//!
+//! One module per subcommand; each parses its own flags (clap derive) and returns
+//! `anyhow::Result` so every failure reaches the user as one clear message with its context.
 
-/// gradients: LoRA training engine and training marketplace.
+mod bench; // gradients bench: train/eval tokens/s and peak RSS on a real model
+mod generate; // gradients generate: greedy decoding, optionally with an adapter
+mod inspect; // gradients inspect MODEL
+
+use clap::{Parser, Subcommand};
+
+/// gradients: a LoRA training engine and training marketplace.
 #[derive(Parser)]
 #[command(name = "gradients", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's architecture, sizes and tokenizer (GGUF file or HF directory).
+    Inspect(inspect::Args),
+    /// Greedy decoding of a chat prompt (optionally with a PEFT adapter).
+    Generate(generate::Args),
+    /// Measure LoRA training and evaluation tokens/s and peak memory on a model.
+    Bench(bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

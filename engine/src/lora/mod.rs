@@ -4,7 +4,16 @@
 //! A LoRA adapter on a Linear weight `W [out, in]` adds `s · B·A` with `A [r, in]`,
 //! `B [out, r]` and `s = alpha / r` (or `alpha / sqrt(r)` with rsLoRA), exactly as PEFT does.
 
+pub mod params; // LoraWeights (host A/B), init, counter_hash, target_dims
+pub mod state; // LoraState, LoraGrads: device copies of A/B and their gradients
+
+pub use params::{counter_hash, target_dims, LoraPair, LoraWeights};
+pub use state::{LoraGrads, LoraPairBufs, LoraState};
+
 use crate::error::{Error, Result};
+
+pub mod adapter; // LoraWeights::{load, save, from_peft, to_peft}: PEFT dirs <-> LoraWeights
+pub mod peft; // PeftAdapter, read_peft_adapter, write_peft_adapter (PEFT adapter dirs)
 
 /// A projection of the Llama block that LoRA can adapt; names are PEFT's module names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -94,7 +94,7 @@ impl ModelConfig {
                 return Err(Error::config(source, field, "must be positive"));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(Error::config(
                 source,
                 "num_key_value_heads",
@@ -104,7 +104,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::config(source, "head_dim", "must be even for RoPE"));
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {

@@ -1,0 +1,458 @@
+//! The Llama-family decoder (Llama, Mistral, SmolLM, Qwen2) with LoRA: the public API
+//! ([`Llama`]); the block's forward lives in `llama_forward.rs`, its explicit backward in
+//! `llama_backward.rs`, the buffers in `plan.rs`.
+//!
+//! The forward is exactly HF's `LlamaForCausalLM` (+ PEFT LoRA): per block
+//! `x → rmsnorm → q,k,v (+bias) → rope(q,k) → causal GQA attention → o_proj → +x →
+//! rmsnorm → silu(gate)·up → down_proj → +`, then the final norm and the lm_head (tied to the
+//! embedding or not). Every adapted Linear computes `y = x·Wᵀ (+b) + s·(drop(x)·Aᵀ)·Bᵀ`,
+//! never forming `B·A`. The loss is HF's: mean cross-entropy over all non-ignored shifted
+//! targets of the batch.
+//!
+//! Gradients: [`Llama::forward_backward`] overwrites every LoRA gradient (`dA`, `dB`); the
+//! frozen weights get none. Internally the residual-stream gradient accumulates (`+=`)
+//! through the blocks; each Linear's input gradient overwrites on its first contribution and
+//! accumulates afterwards (q, k, v and gate, up share their input).
+
+use super::llama_backward::layer_backward;
+use super::llama_forward::{Ctx, DeviceLayer};
+use super::plan::{Dims, Plan, PlanKey};
+use super::{Batch, LayerWeights, ModelConfig, ModelWeights};
+use crate::backend::{Backend, RopeTable};
+use crate::error::{Error, Result};
+use crate::lora::{LoraGrads, LoraState};
+use crate::tensor::Tensor;
+
+/// Options of a training step.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepOptions {
+    /// Gradient checkpointing: keep only each block's input and recompute the block during
+    /// the backward (identical gradients, less memory).
+    pub recompute: bool,
+    /// Seed of the LoRA dropout masks; the key of `(layer, target)` at `step` is
+    /// `counter_hash([seed, step, layer, target_index])`.
+    pub seed: u64,
+    /// Step counter (changes the dropout masks).
+    pub step: u64,
+    /// Multiplier of the summed token losses in the gradient; `None` = `1/num_targets`
+    /// (HF's mean). Set it to `1/total_targets` to accumulate micro-batches.
+    pub loss_scale: Option<f32>,
+}
+
+/// What a training step reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Mean cross-entropy over the batch's targets (0 when there are none).
+    pub loss: f32,
+    /// Sum of the token losses (f64, in token order).
+    pub sum_loss: f64,
+    /// Number of non-ignored targets.
+    pub num_targets: usize,
+}
+
+/// A Llama-family model on backend `B`: frozen weights, RoPE table and activation plans.
+pub struct Llama<B: Backend> {
+    be: B,
+    cfg: ModelConfig,
+    /// `[vocab, h]`.
+    embed: B::Buf,
+    layers: Vec<DeviceLayer<B>>,
+    /// `[h]`.
+    final_norm: B::Buf,
+    /// `[vocab, h]`; `None` when tied to `embed`.
+    lm_head: Option<B::Buf>,
+    rope: Option<RopeTable<B>>,
+    train_plan: Option<Plan<B>>,
+    eval_plan: Option<Plan<B>>,
+}
+
+fn check(name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
+    if t.shape != shape {
+        return Err(Error::shape(
+            "llama weights",
+            format!("{name}: expected {shape:?}, got {:?}", t.shape),
+        ));
+    }
+    Ok(())
+}
+
+impl<B: Backend> Llama<B> {
+    /// Upload `w` (checked against `cfg`) to `be`.
+    pub fn new(be: B, cfg: &ModelConfig, w: &ModelWeights) -> Result<Self> {
+        cfg.validate("model config")?;
+        let (h, qd, kv, f, v) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+            cfg.vocab_size,
+        );
+        if w.layers.len() != cfg.num_layers {
+            return Err(Error::shape(
+                "llama weights",
+                format!(
+                    "{} layers for a config of {}",
+                    w.layers.len(),
+                    cfg.num_layers
+                ),
+            ));
+        }
+        check("embed_tokens", &w.embed, &[v, h])?;
+        check("norm", &w.final_norm, &[h])?;
+        match &w.lm_head {
+            Some(lm) => check("lm_head", lm, &[v, h])?,
+            None if !cfg.tie_word_embeddings => {
+                return Err(Error::shape(
+                    "llama weights",
+                    "lm_head: missing, and tie_word_embeddings is false",
+                ))
+            }
+            None => {}
+        }
+        let up = |t: &Tensor| be.upload(&t.data);
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for (i, l) in w.layers.iter().enumerate() {
+            let LayerWeights {
+                attn_norm,
+                wq,
+                wk,
+                wv,
+                wo,
+                bq,
+                bk,
+                bv,
+                mlp_norm,
+                w_gate,
+                w_up,
+                w_down,
+            } = l;
+            let p = |s: &str| format!("layers.{i}.{s}");
+            check(&p("input_layernorm"), attn_norm, &[h])?;
+            check(&p("self_attn.q_proj"), wq, &[qd, h])?;
+            check(&p("self_attn.k_proj"), wk, &[kv, h])?;
+            check(&p("self_attn.v_proj"), wv, &[kv, h])?;
+            check(&p("self_attn.o_proj"), wo, &[h, qd])?;
+            check(&p("post_attention_layernorm"), mlp_norm, &[h])?;
+            check(&p("mlp.gate_proj"), w_gate, &[f, h])?;
+            check(&p("mlp.up_proj"), w_up, &[f, h])?;
+            check(&p("mlp.down_proj"), w_down, &[h, f])?;
+            let bias = match (bq, bk, bv) {
+                (Some(bq), Some(bk), Some(bv)) => {
+                    check(&p("self_attn.q_proj.bias"), bq, &[qd])?;
+                    check(&p("self_attn.k_proj.bias"), bk, &[kv])?;
+                    check(&p("self_attn.v_proj.bias"), bv, &[kv])?;
+                    Some([up(bq)?, up(bk)?, up(bv)?])
+                }
+                (None, None, None) if !cfg.attention_bias => None,
+                _ => {
+                    return Err(Error::shape(
+                        "llama weights",
+                        format!(
+                            "{}: q/k/v biases must all be present (attention_bias)",
+                            p("self_attn")
+                        ),
+                    ))
+                }
+            };
+            layers.push(DeviceLayer {
+                attn_norm: up(attn_norm)?,
+                wq: up(wq)?,
+                wk: up(wk)?,
+                wv: up(wv)?,
+                wo: up(wo)?,
+                bias,
+                mlp_norm: up(mlp_norm)?,
+                w_gate: up(w_gate)?,
+                w_up: up(w_up)?,
+                w_down: up(w_down)?,
+            });
+        }
+        Ok(Llama {
+            embed: up(&w.embed)?,
+            final_norm: up(&w.final_norm)?,
+            lm_head: w.lm_head.as_ref().map(up).transpose()?,
+            layers,
+            rope: None,
+            train_plan: None,
+            eval_plan: None,
+            cfg: cfg.clone(),
+            be,
+        })
+    }
+
+    /// The backend the model runs on.
+    pub fn backend(&self) -> &B {
+        &self.be
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn dims(&self, batch: usize, seq: usize) -> Dims {
+        let c = &self.cfg;
+        Dims {
+            batch,
+            seq,
+            n: batch * seq,
+            h: c.hidden_size,
+            qd: c.q_dim(),
+            kv: c.kv_dim(),
+            f: c.intermediate_size,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            hd: c.head_dim,
+            vocab: c.vocab_size,
+        }
+    }
+
+    /// Make the RoPE table cover positions `0..max_pos`.
+    fn ensure_rope(&mut self, max_pos: usize) -> Result<()> {
+        if self.rope.as_ref().is_none_or(|r| r.max_pos < max_pos) {
+            let len = max_pos.next_power_of_two().max(256);
+            self.rope = Some(RopeTable::new(&self.be, &self.cfg, len)?);
+        }
+        Ok(())
+    }
+
+    fn check_lora(&self, lora: Option<&LoraState<B>>) -> Result<()> {
+        if let Some(l) = lora {
+            if l.num_layers() != self.cfg.num_layers {
+                return Err(Error::shape(
+                    "llama lora",
+                    format!(
+                        "adapter has {} layers, model {}",
+                        l.num_layers(),
+                        self.cfg.num_layers
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Run embedding, all blocks and the final norm of `batch` into `plan` (the stored
+    /// residuals, `plan.acts` per block or the single recompute slot, `plan.xf`).
+    fn forward_into(
+        &mut self,
+        train: bool,
+        batch: &Batch,
+        lora: Option<&LoraState<B>>,
+        opts: &StepOptions,
+    ) -> Result<()> {
+        batch.validate(self.cfg.vocab_size)?;
+        self.check_lora(lora)?;
+        self.ensure_rope(batch.max_position())?;
+        let d = self.dims(batch.batch, batch.seq);
+        let p = if train {
+            lora.map_or(0.0, |l| l.config.dropout)
+        } else {
+            0.0
+        };
+        let saved = if train && !opts.recompute {
+            self.cfg.num_layers
+        } else {
+            1
+        };
+        let key = PlanKey {
+            dims: d,
+            lora: lora.map(|l| (l.config.rank, l.config.targets.clone())),
+            dropout: p > 0.0,
+            saved,
+            grads: train,
+        };
+        let slot = if train {
+            &mut self.train_plan
+        } else {
+            &mut self.eval_plan
+        };
+        if slot.as_ref().is_none_or(|pl| pl.key != key) {
+            *slot = None; // free the old plan before allocating the new one
+            *slot = Some(Plan::new(&self.be, key, self.cfg.num_layers)?);
+        }
+        let (Some(plan), Some(rope)) = (slot.as_mut(), self.rope.as_ref()) else {
+            return Err(Error::unsupported("llama: plan or rope table missing"));
+        };
+        let cx = Ctx {
+            be: &self.be,
+            d,
+            eps: self.cfg.rms_norm_eps,
+            rope,
+            positions: &batch.positions,
+            starts: &batch.starts,
+            lora,
+            p,
+            seed: opts.seed,
+            step: opts.step,
+        };
+        self.be
+            .embedding(&mut plan.residual[0], &self.embed, &batch.input_ids, d.h)?;
+        for (l, w) in self.layers.iter().enumerate() {
+            let (done, rest) = plan.residual.split_at_mut(l + 1);
+            let acts = &mut plan.acts[if saved == 1 { 0 } else { l }];
+            cx.layer_forward(
+                Some(&mut rest[0]),
+                acts,
+                &mut plan.proj,
+                plan.drop.as_mut(),
+                &done[l],
+                w,
+                l,
+            )?;
+        }
+        let last = &plan.residual[self.cfg.num_layers];
+        self.be.rmsnorm_forward(
+            &mut plan.xf,
+            &mut plan.rstd_f,
+            last,
+            &self.final_norm,
+            d.n,
+            d.h,
+            cx.eps,
+        )
+    }
+
+    /// One training step's forward and backward: returns the mean loss and overwrites `grads`
+    /// with the gradients of `loss_scale · Σ token losses` w.r.t. every LoRA `A` and `B`.
+    pub fn forward_backward(
+        &mut self,
+        batch: &Batch,
+        lora: &LoraState<B>,
+        grads: &mut LoraGrads<B>,
+        opts: &StepOptions,
+    ) -> Result<StepStats> {
+        self.forward_into(true, batch, Some(lora), opts)?;
+        let targets = batch.targets();
+        let num_targets = targets.iter().filter(|&&t| t >= 0).count();
+        let scale = opts.loss_scale.unwrap_or(if num_targets > 0 {
+            1.0 / num_targets as f32
+        } else {
+            0.0
+        });
+        let d = self.dims(batch.batch, batch.seq);
+        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let (Some(plan), Some(rope)) = (self.train_plan.as_mut(), self.rope.as_ref()) else {
+            return Err(Error::unsupported("llama: plan or rope table missing"));
+        };
+        let Some(g) = plan.grads.as_mut() else {
+            return Err(Error::unsupported(
+                "llama: training plan without gradient scratch",
+            ));
+        };
+        let losses = self.be.cross_entropy(
+            Some(&mut g.dxn),
+            &plan.xf,
+            lm_head,
+            &targets,
+            d.n,
+            d.h,
+            d.vocab,
+            scale,
+        )?;
+        let sum_loss: f64 = losses.iter().map(|&l| l as f64).sum();
+        let nl = self.cfg.num_layers;
+        self.be.fill(&mut g.dres, 0.0)?;
+        self.be.rmsnorm_backward(
+            &mut g.dres,
+            &g.dxn,
+            &plan.residual[nl],
+            &self.final_norm,
+            &plan.rstd_f,
+            d.n,
+            d.h,
+        )?;
+        let cx = Ctx {
+            be: &self.be,
+            d,
+            eps: self.cfg.rms_norm_eps,
+            rope,
+            positions: &batch.positions,
+            starts: &batch.starts,
+            lora: Some(lora),
+            p: lora.config.dropout,
+            seed: opts.seed,
+            step: opts.step,
+        };
+        for (l, w) in self.layers.iter().enumerate().rev() {
+            let idx = if opts.recompute { 0 } else { l };
+            if opts.recompute {
+                cx.layer_forward(
+                    None,
+                    &mut plan.acts[0],
+                    &mut plan.proj,
+                    plan.drop.as_mut(),
+                    &plan.residual[l],
+                    w,
+                    l,
+                )?;
+            }
+            layer_backward(
+                &cx,
+                g,
+                grads,
+                plan.drop.as_mut(),
+                &plan.acts[idx],
+                &plan.residual[l],
+                w,
+                l,
+            )?;
+        }
+        let loss = if num_targets > 0 {
+            (sum_loss / num_targets as f64) as f32
+        } else {
+            0.0
+        };
+        Ok(StepStats {
+            loss,
+            sum_loss,
+            num_targets,
+        })
+    }
+
+    /// Per-token losses `[batch*seq]` of `batch` (0 where the target is ignored), without
+    /// dropout and without keeping per-block activations.
+    pub fn forward_loss(&mut self, batch: &Batch, lora: Option<&LoraState<B>>) -> Result<Vec<f32>> {
+        self.forward_into(false, batch, lora, &StepOptions::default())?;
+        let targets = batch.targets();
+        let d = self.dims(batch.batch, batch.seq);
+        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let Some(plan) = self.eval_plan.as_ref() else {
+            return Err(Error::unsupported("llama: eval plan missing"));
+        };
+        self.be
+            .cross_entropy(None, &plan.xf, lm_head, &targets, d.n, d.h, d.vocab, 1.0)
+    }
+
+    /// Logits `[vocab]` at the last position of the single sequence `ids` (full forward).
+    pub fn logits_last(&mut self, ids: &[u32], lora: Option<&LoraState<B>>) -> Result<Vec<f32>> {
+        let labels = vec![super::batch::IGNORE; ids.len()];
+        let sample = super::Sample {
+            input_ids: ids,
+            labels: &labels,
+        };
+        let batch = Batch::unpacked(&[sample], ids.len(), self.cfg.vocab_size)?;
+        self.forward_into(false, &batch, lora, &StepOptions::default())?;
+        let h = self.cfg.hidden_size;
+        let Some(plan) = self.eval_plan.as_ref() else {
+            return Err(Error::unsupported("llama: eval plan missing"));
+        };
+        let xf = self.be.download(&plan.xf)?;
+        let last = self.be.upload(&xf[(ids.len() - 1) * h..])?;
+        let mut logits = self.be.alloc(self.cfg.vocab_size)?;
+        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        self.be.gemm(
+            &mut logits,
+            &last,
+            lm_head,
+            1,
+            self.cfg.vocab_size,
+            h,
+            false,
+            true,
+            1.0,
+            0.0,
+        )?;
+        self.be.download(&logits)
+    }
+}

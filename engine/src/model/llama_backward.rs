@@ -1,0 +1,205 @@
+//! The explicit backward of one Llama block with LoRA (the forward is in `llama.rs`).
+//!
+//! Contracts through the rank first, never forming `B·A`. For an adapted Linear
+//! `Y = X·Wᵀ + s·(X_d·Aᵀ)·Bᵀ` with `X_d = drop(X)` and the saved `U = X_d·Aᵀ [n, r]`:
+//! `dB = s·dYᵀ·U` `[out, r]`, `T = dY·B` `[n, r]`, `dA = s·Tᵀ·X_d` `[r, in]`,
+//! `dX (+)= dY·W + drop(s·T·A)` (dropout's backward is the same mask applied to the
+//! gradient, i.e. the same `Backend::dropout` call with the same key).
+//!
+//! Overwrite/accumulate: `dA`, `dB` overwrite; the residual gradient `dres` accumulates
+//! (`+=`) through both norms of the block; `dxn`, `datt`, `dact` overwrite on their first
+//! contribution (q, gate) and accumulate the others (k, v, up).
+
+use super::llama_forward::{Ctx, DeviceLayer};
+use super::plan::{DropScratch, GradScratch, LayerActs};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::lora::{LoraGrads, Target};
+
+impl<B: Backend> Ctx<'_, B> {
+    /// Backward of [`Ctx::linear_forward`]: `dx = dx_beta·dx + ∂/∂X`, LoRA grads of `(layer, t)`
+    /// overwritten. `u` is the saved `[n, r]` bottleneck, `t_r` an `[n, r]` scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(
+        &self,
+        dx: &mut B::Buf,
+        dx_beta: f32,
+        grads: &mut LoraGrads<B>,
+        t_r: Option<&mut B::Buf>,
+        drop: Option<&mut DropScratch<B>>,
+        dy: &B::Buf,
+        x: &B::Buf,
+        w: &B::Buf,
+        u: Option<&B::Buf>,
+        layer: usize,
+        t: Target,
+    ) -> Result<()> {
+        let (be, d) = (self.be, &self.d);
+        let (n, out, inp) = (d.n, d.out_dim(t), d.in_dim(t));
+        be.gemm(dx, dy, w, n, inp, out, false, false, 1.0, dx_beta)?;
+        let Some(state) = self.lora else {
+            return Ok(());
+        };
+        let Some(pair) = state.get(layer, t) else {
+            return Ok(());
+        };
+        let missing = |what: &str| {
+            Error::shape(
+                "llama backward",
+                format!("layers.{layer}.{}: {what} missing", t.module_path()),
+            )
+        };
+        let (Some(u), Some(t_r)) = (u, t_r) else {
+            return Err(missing("saved lora activation or scratch"));
+        };
+        let g = grads
+            .get_mut(layer, t)
+            .ok_or_else(|| missing("gradient buffer"))?;
+        let (r, s) = (state.config.rank, state.scaling);
+        be.gemm(&mut g.b, dy, u, out, r, n, true, false, s, 0.0)?;
+        be.gemm(t_r, dy, &pair.b, n, r, out, false, false, 1.0, 0.0)?;
+        match drop {
+            Some(scr) if self.p > 0.0 => {
+                let key = self.key(layer, t);
+                let [s0, s1] = scr.for_width(d, inp);
+                be.dropout(s0, x, self.p, key)?;
+                be.gemm(&mut g.a, t_r, s0, r, inp, n, true, false, s, 0.0)?;
+                be.gemm(s0, t_r, &pair.a, n, inp, r, false, false, s, 0.0)?;
+                be.dropout(s1, s0, self.p, key)?;
+                be.axpy(dx, 1.0, s1)
+            }
+            _ => {
+                be.gemm(&mut g.a, t_r, x, r, inp, n, true, false, s, 0.0)?;
+                be.gemm(dx, t_r, &pair.a, n, inp, r, false, false, s, 1.0)
+            }
+        }
+    }
+}
+
+/// Backward of block `layer`: reads `g.dres` (∂loss/∂block output), leaves ∂loss/∂block
+/// input in it, and overwrites the block's LoRA gradients in `grads`. `a` holds the block's
+/// forward activations, `x_in` its input.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_backward<B: Backend>(
+    cx: &Ctx<'_, B>,
+    g: &mut GradScratch<B>,
+    grads: &mut LoraGrads<B>,
+    mut drop: Option<&mut DropScratch<B>>,
+    a: &LayerActs<B>,
+    x_in: &B::Buf,
+    w: &DeviceLayer<B>,
+    layer: usize,
+) -> Result<()> {
+    let (be, d) = (cx.be, &cx.d);
+    let u = |t: Target| a.lora_u[t as usize].as_ref();
+    // MLP: x_out = x_mid + down(silu(gate(xn2))·up(xn2)), xn2 = rmsnorm(x_mid)
+    cx.linear_backward(
+        &mut g.dact,
+        0.0,
+        grads,
+        g.t_r.as_mut(),
+        drop.as_deref_mut(),
+        &g.dres,
+        &a.act,
+        &w.w_down,
+        u(Target::Down),
+        layer,
+        Target::Down,
+    )?;
+    be.swiglu_backward(&mut g.dgate, &mut g.dup, &g.dact, &a.gate, &a.up)?;
+    cx.linear_backward(
+        &mut g.dxn,
+        0.0,
+        grads,
+        g.t_r.as_mut(),
+        drop.as_deref_mut(),
+        &g.dgate,
+        &a.xn2,
+        &w.w_gate,
+        u(Target::Gate),
+        layer,
+        Target::Gate,
+    )?;
+    cx.linear_backward(
+        &mut g.dxn,
+        1.0,
+        grads,
+        g.t_r.as_mut(),
+        drop.as_deref_mut(),
+        &g.dup,
+        &a.xn2,
+        &w.w_up,
+        u(Target::Up),
+        layer,
+        Target::Up,
+    )?;
+    be.rmsnorm_backward(
+        &mut g.dres,
+        &g.dxn,
+        &a.x_mid,
+        &w.mlp_norm,
+        &a.rstd2,
+        d.n,
+        d.h,
+    )?;
+    // attention: x_mid = x_in + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))), xn1 = rmsnorm(x_in)
+    cx.linear_backward(
+        &mut g.datt,
+        0.0,
+        grads,
+        g.t_r.as_mut(),
+        drop.as_deref_mut(),
+        &g.dres,
+        &a.att,
+        &w.wo,
+        u(Target::O),
+        layer,
+        Target::O,
+    )?;
+    be.attention_backward(
+        &mut g.dq, &mut g.dk, &mut g.dv, &g.datt, &a.q, &a.k, &a.v, &a.att, &a.lse, cx.starts,
+        d.batch, d.seq, d.heads, d.kv_heads, d.hd,
+    )?;
+    be.rope(&mut g.dq, cx.rope, cx.positions, d.n, d.heads, true)?;
+    be.rope(&mut g.dk, cx.rope, cx.positions, d.n, d.kv_heads, true)?;
+    cx.linear_backward(
+        &mut g.dxn,
+        0.0,
+        grads,
+        g.t_r.as_mut(),
+        drop.as_deref_mut(),
+        &g.dq,
+        &a.xn1,
+        &w.wq,
+        u(Target::Q),
+        layer,
+        Target::Q,
+    )?;
+    cx.linear_backward(
+        &mut g.dxn,
+        1.0,
+        grads,
+        g.t_r.as_mut(),
+        drop.as_deref_mut(),
+        &g.dk,
+        &a.xn1,
+        &w.wk,
+        u(Target::K),
+        layer,
+        Target::K,
+    )?;
+    cx.linear_backward(
+        &mut g.dxn,
+        1.0,
+        grads,
+        g.t_r.as_mut(),
+        drop,
+        &g.dv,
+        &a.xn1,
+        &w.wv,
+        u(Target::V),
+        layer,
+        Target::V,
+    )?;
+    be.rmsnorm_backward(&mut g.dres, &g.dxn, x_in, &w.attn_norm, &a.rstd1, d.n, d.h)
+}

@@ -1,0 +1,234 @@
+//! The activation plan of the Llama model: every buffer a step needs, allocated once per
+//! (batch, seq, LoRA layout) and reused across steps, like llm.c's `ActivationTensors`.
+//!
+//! Shapes use `n = batch*seq` tokens, `h` hidden, `qd = heads*head_dim`, `kv = kv_heads*head_dim`,
+//! `f` intermediate, `r` LoRA rank. Neighbours: `llama.rs` (forward, fills the plan),
+//! `llama_backward.rs` (backward, reads it and uses the gradient scratch).
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::lora::Target;
+
+/// Sizes of one step, in the notation of the module doc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Dims {
+    pub batch: usize,
+    pub seq: usize,
+    pub n: usize,
+    pub h: usize,
+    pub qd: usize,
+    pub kv: usize,
+    pub f: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub hd: usize,
+    pub vocab: usize,
+}
+
+impl Dims {
+    /// Input width of the Linear that `t` adapts.
+    pub fn in_dim(&self, t: Target) -> usize {
+        match t {
+            Target::O => self.qd,
+            Target::Down => self.f,
+            _ => self.h,
+        }
+    }
+
+    /// Output width of the Linear that `t` adapts.
+    pub fn out_dim(&self, t: Target) -> usize {
+        match t {
+            Target::Q => self.qd,
+            Target::K | Target::V => self.kv,
+            Target::O | Target::Down => self.h,
+            Target::Gate | Target::Up => self.f,
+        }
+    }
+}
+
+/// What a plan was allocated for; a step whose key differs reallocates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PlanKey {
+    pub dims: Dims,
+    /// LoRA rank and adapted targets, when a LoRA path runs.
+    pub lora: Option<(usize, Vec<Target>)>,
+    /// Dropout scratch needed.
+    pub dropout: bool,
+    /// Number of [`LayerActs`] kept: `num_layers`, or 1 when recomputing / evaluating.
+    pub saved: usize,
+    /// Gradient scratch needed.
+    pub grads: bool,
+}
+
+/// The activations of one decoder block that its backward reads.
+pub(crate) struct LayerActs<B: Backend> {
+    /// `[n]` 1/rms of the block input.
+    pub rstd1: B::Buf,
+    /// `[n, h]` normed input (input of q/k/v).
+    pub xn1: B::Buf,
+    /// `[n, qd]` queries after RoPE.
+    pub q: B::Buf,
+    /// `[n, kv]` keys after RoPE.
+    pub k: B::Buf,
+    /// `[n, kv]` values.
+    pub v: B::Buf,
+    /// `[n, qd]` attention output (input of o_proj).
+    pub att: B::Buf,
+    /// `[n, heads]` log-sum-exp of the attention scores.
+    pub lse: B::Buf,
+    /// `[n, h]` residual after attention.
+    pub x_mid: B::Buf,
+    /// `[n]` 1/rms of `x_mid`.
+    pub rstd2: B::Buf,
+    /// `[n, h]` normed `x_mid` (input of gate/up).
+    pub xn2: B::Buf,
+    /// `[n, f]` gate projection.
+    pub gate: B::Buf,
+    /// `[n, f]` up projection.
+    pub up: B::Buf,
+    /// `[n, f]` silu(gate)·up (input of down_proj).
+    pub act: B::Buf,
+    /// `[n, r]` per adapted target: `drop(X)·Aᵀ`, the LoRA bottleneck.
+    pub lora_u: [Option<B::Buf>; 7],
+}
+
+/// Two `[n, in]` scratch buffers per LoRA input width, for dropout (forward: `drop(X)`;
+/// backward: `drop(X)` for dA, then `s·(dY·B)·A` and its dropped copy).
+pub(crate) struct DropScratch<B: Backend> {
+    /// `2 × [n, h]`.
+    pub h: [B::Buf; 2],
+    /// `2 × [n, qd]`.
+    pub qd: [B::Buf; 2],
+    /// `2 × [n, f]`.
+    pub f: [B::Buf; 2],
+}
+
+impl<B: Backend> DropScratch<B> {
+    /// The pair of buffers of width `in_dim` (one of h, qd, f).
+    pub fn for_width(&mut self, d: &Dims, in_dim: usize) -> &mut [B::Buf; 2] {
+        if in_dim == d.h {
+            &mut self.h
+        } else if in_dim == d.qd {
+            &mut self.qd
+        } else {
+            &mut self.f
+        }
+    }
+}
+
+/// Gradient scratch shared by all layers (the backward walks them one at a time).
+pub(crate) struct GradScratch<B: Backend> {
+    /// `[n, h]` gradient of the residual stream (accumulates through the layers).
+    pub dres: B::Buf,
+    /// `[n, h]` gradient of a norm's output (final, mlp, attention norm in turn).
+    pub dxn: B::Buf,
+    /// `[n, qd]` gradient of the attention output.
+    pub datt: B::Buf,
+    /// `[n, qd]` gradient of the queries.
+    pub dq: B::Buf,
+    /// `[n, kv]` gradient of the keys.
+    pub dk: B::Buf,
+    /// `[n, kv]` gradient of the values.
+    pub dv: B::Buf,
+    /// `[n, f]` gradient of silu(gate)·up.
+    pub dact: B::Buf,
+    /// `[n, f]` gradient of gate.
+    pub dgate: B::Buf,
+    /// `[n, f]` gradient of up.
+    pub dup: B::Buf,
+    /// `[n, r]` `dY·B` for the LoRA backward (None without LoRA).
+    pub t_r: Option<B::Buf>,
+}
+
+/// Every buffer of a step.
+pub(crate) struct Plan<B: Backend> {
+    /// What it was allocated for.
+    pub key: PlanKey,
+    /// `(num_layers + 1) × [n, h]`: the embedding, then each block's output.
+    pub residual: Vec<B::Buf>,
+    /// `saved × LayerActs`.
+    pub acts: Vec<LayerActs<B>>,
+    /// `[n, h]` output of o_proj / down_proj before the residual add.
+    pub proj: B::Buf,
+    /// `[n, h]` final normed hidden (input of the lm_head).
+    pub xf: B::Buf,
+    /// `[n]` 1/rms of the last residual.
+    pub rstd_f: B::Buf,
+    /// Dropout scratch (only when LoRA dropout is on).
+    pub drop: Option<DropScratch<B>>,
+    /// Gradient scratch (only for training steps).
+    pub grads: Option<GradScratch<B>>,
+}
+
+impl<B: Backend> Plan<B> {
+    /// Allocate everything `key` asks for on `be`, for a model of `num_layers` blocks.
+    pub fn new(be: &B, key: PlanKey, num_layers: usize) -> Result<Self> {
+        let d = key.dims;
+        let n = d.n;
+        let rank = key.lora.as_ref().map(|(r, _)| *r);
+        let alloc = |len: usize| be.alloc(len);
+        let mut acts = Vec::with_capacity(key.saved);
+        for _ in 0..key.saved {
+            let mut lora_u: [Option<B::Buf>; 7] = std::array::from_fn(|_| None);
+            if let Some((r, targets)) = &key.lora {
+                for &t in targets {
+                    lora_u[t as usize] = Some(alloc(n * r)?);
+                }
+            }
+            acts.push(LayerActs {
+                rstd1: alloc(n)?,
+                xn1: alloc(n * d.h)?,
+                q: alloc(n * d.qd)?,
+                k: alloc(n * d.kv)?,
+                v: alloc(n * d.kv)?,
+                att: alloc(n * d.qd)?,
+                lse: alloc(n * d.heads)?,
+                x_mid: alloc(n * d.h)?,
+                rstd2: alloc(n)?,
+                xn2: alloc(n * d.h)?,
+                gate: alloc(n * d.f)?,
+                up: alloc(n * d.f)?,
+                act: alloc(n * d.f)?,
+                lora_u,
+            });
+        }
+        let residual = (0..=num_layers)
+            .map(|_| alloc(n * d.h))
+            .collect::<Result<Vec<_>>>()?;
+        let drop = if key.dropout {
+            Some(DropScratch {
+                h: [alloc(n * d.h)?, alloc(n * d.h)?],
+                qd: [alloc(n * d.qd)?, alloc(n * d.qd)?],
+                f: [alloc(n * d.f)?, alloc(n * d.f)?],
+            })
+        } else {
+            None
+        };
+        let grads = if key.grads {
+            Some(GradScratch {
+                dres: alloc(n * d.h)?,
+                dxn: alloc(n * d.h)?,
+                datt: alloc(n * d.qd)?,
+                dq: alloc(n * d.qd)?,
+                dk: alloc(n * d.kv)?,
+                dv: alloc(n * d.kv)?,
+                dact: alloc(n * d.f)?,
+                dgate: alloc(n * d.f)?,
+                dup: alloc(n * d.f)?,
+                t_r: rank.map(|r| alloc(n * r)).transpose()?,
+            })
+        } else {
+            None
+        };
+        Ok(Plan {
+            residual,
+            acts,
+            proj: alloc(n * d.h)?,
+            xf: alloc(n * d.h)?,
+            rstd_f: alloc(n)?,
+            drop,
+            grads,
+            key,
+        })
+    }
+}

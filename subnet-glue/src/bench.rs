@@ -1,0 +1,160 @@
+//! `gradients bench`: tokens/s of LoRA training steps and of forward-only evaluation on a real
+//! model, with the same settings as scripts/compare/torch_peft.py (LoRA r on all seven
+//! projections, AdamW, `batch × seq` fixed pseudo-random tokens, every position labelled),
+//! plus peak RSS. Prints one JSON object; BENCHMARKS.md records the runs.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use gradients_engine::backend::cpu::CpuBackend;
+use gradients_engine::backend::Backend;
+use gradients_engine::lora::{LoraConfig, LoraState, LoraWeights};
+use gradients_engine::model::llama::{Llama, StepOptions};
+use gradients_engine::model::load::load_model;
+use gradients_engine::model::{Batch, Sample};
+use gradients_engine::optim::adamw::{AdamW, AdamWConfig};
+
+/// Flags of `gradients bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A GGUF file or an HF model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Rows per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per row.
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Rayon threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Gradient checkpointing.
+    #[arg(long)]
+    recompute: bool,
+}
+
+/// Run the benchmark and print its JSON line.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.threads > 0 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(args.threads)
+            .build_global()
+            .context("setting the rayon thread count")?;
+    }
+    anyhow::ensure!(
+        args.batch > 0 && args.seq > 1 && args.steps > 0,
+        "batch, seq and steps must be positive (seq > 1)"
+    );
+    let m = load_model(&args.model)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let cfg = &m.config;
+    let be: CpuBackend = CpuBackend::new();
+    let mut model = Llama::new(be.clone(), cfg, &m.weights)?;
+    let lcfg = LoraConfig {
+        rank: args.rank,
+        alpha: 2.0 * args.rank as f32,
+        ..LoraConfig::default()
+    };
+    let lw = LoraWeights::init(cfg, &lcfg, 0)?;
+    let mut lora = LoraState::upload(&be, &lw)?;
+    let mut grads = lora.zeros_grads(&be)?;
+    let lens: Vec<usize> = lora.params().iter().map(|p| be.len(p)).collect();
+    let adam = AdamWConfig {
+        weight_decay: 0.0,
+        ..AdamWConfig::default()
+    };
+    let mut opt = AdamW::new(&be, adam, &lens)?;
+
+    // splitmix64 token ids: fixed, so runs are comparable.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let rows: Vec<Vec<u32>> = (0..args.batch)
+        .map(|_| {
+            (0..args.seq)
+                .map(|_| (next() % cfg.vocab_size as u64) as u32)
+                .collect()
+        })
+        .collect();
+    let labels: Vec<Vec<i32>> = rows
+        .iter()
+        .map(|r| r.iter().map(|&i| i as i32).collect())
+        .collect();
+    let samples: Vec<Sample> = rows
+        .iter()
+        .zip(&labels)
+        .map(|(i, l)| Sample {
+            input_ids: i,
+            labels: l,
+        })
+        .collect();
+    let batch = Batch::unpacked(&samples, args.seq, cfg.vocab_size)?;
+    let ntok = (args.batch * args.seq) as f64;
+
+    let mut losses = Vec::new();
+    let mut train_s = 0.0;
+    for i in 0..args.warmup + args.steps {
+        let t0 = Instant::now();
+        let opts = StepOptions {
+            recompute: args.recompute,
+            step: i as u64,
+            ..StepOptions::default()
+        };
+        let s = model.forward_backward(&batch, &lora, &mut grads, &opts)?;
+        let g = grads.bufs();
+        let mut p = lora.params_mut();
+        opt.step(&be, &mut p, &g, 1e-4)?;
+        let dt = t0.elapsed().as_secs_f64();
+        losses.push(s.loss);
+        if i >= args.warmup {
+            train_s += dt;
+        }
+    }
+    let mut eval_s = 0.0;
+    for i in 0..args.warmup + args.steps {
+        let t0 = Instant::now();
+        model.forward_loss(&batch, Some(&lora))?;
+        if i >= args.warmup {
+            eval_s += t0.elapsed().as_secs_f64();
+        }
+    }
+    let v = serde_json::json!({
+        "engine": "gradients",
+        "backend": be.name(),
+        "threads": rayon::current_num_threads(),
+        "batch": args.batch,
+        "seq": args.seq,
+        "steps": args.steps,
+        "recompute": args.recompute,
+        "train_tokens_per_s": ntok * args.steps as f64 / train_s,
+        "eval_tokens_per_s": ntok * args.steps as f64 / eval_s,
+        "peak_rss_mib": peak_rss_mib(),
+        "losses": losses,
+    });
+    println!("{v}");
+    Ok(())
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB; `None` off Linux.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
