@@ -20,7 +20,7 @@ use crate::error::Result;
 /// Multiply-adds per parallel task, at least; smaller products run on one thread.
 const TASK_MAC: usize = 1 << 23;
 /// At most this many parallel tasks per product.
-const MAX_TASKS: usize = 32;
+const MAX_TASKS: usize = 8;
 /// Rows (or columns) of C per task, at least.
 const MIN_BLOCK: usize = 32;
 /// Row (or column) blocks are multiples of this.
