@@ -150,6 +150,11 @@ mod tests {
         assert!((f64::from(t.sin[7 * 64 + 3]) - angle.sin()).abs() < 1e-6);
         assert_eq!(t.cos[3], 1.0);
         assert_eq!(t.sin[3], 0.0);
+        let odd = ModelConfig {
+            head_dim: 7,
+            ..cfg(None)
+        };
+        assert!(RopeTable::new(&be, &odd, 4).is_err());
     }
 
     #[test]

@@ -1,21 +1,32 @@
 //! GEMM for the CPU backend: `C = beta·C + alpha·op(A)·op(B)` on row-major `Vec<T>` buffers,
 //! wrapped as faer views (a transpose is a view with swapped strides, no copy) and computed
-//! by faer's `matmul` on the current rayon pool.
+//! by faer's single-threaded `matmul` in coarse rayon tasks.
 //!
-//! Determinism: faer splits the output into tiles and every tile's dot products run along `k`
-//! in the same order whatever thread computes it; the only thread-count-dependent split in
-//! faer is the matrix-vector path (`m == 1` or `n == 1`), which splits `k` across threads, so
-//! those shapes run sequentially. The tests check bit-identity for 1 and 2 threads.
+//! Parallelism and determinism: a product is cut into tasks by its shape alone (never by the
+//! thread count): blocks of C's rows (or columns, whichever is larger), or, when `k` dwarfs
+//! both, pieces of `k` whose partial products are added in piece order. Each task runs faer
+//! sequentially, so results are bit-identical for any thread count (the tests check 1, 2, 3
+//! and 8). faer's own threading is not used: it synchronises threads with spinning barriers
+//! inside every product, which measured slower than one thread on a busy 2-core machine.
 //! Used by `mod.rs` (the `gemm` op), `xent.rs` and `attention.rs` (through [`matmul`]).
 
 use faer::linalg::matmul::matmul as faer_matmul;
 use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
 use super::{check_len, checked_size, Real};
 use crate::error::Result;
 
-/// Products smaller than this (in multiply-adds) run on one thread.
-const PAR_MIN_FLOPS: usize = 1 << 18;
+/// Multiply-adds per parallel task, at least; smaller products run on one thread.
+const TASK_MAC: usize = 1 << 23;
+/// At most this many parallel tasks per product.
+const MAX_TASKS: usize = 8;
+/// Rows (or columns) of C per task, at least.
+const MIN_BLOCK: usize = 32;
+/// Row (or column) blocks are multiples of this.
+const ALIGN: usize = 16;
+/// Length of the `k` pieces of a long-`k` product.
+const K_BLOCK: usize = 4096;
 
 /// The dims of one GEMM call: `op(A)` is `[m, k]`, `op(B)` is `[k, n]`, C is `[m, n]`.
 #[derive(Clone, Copy, Debug)]
@@ -80,27 +91,78 @@ pub(crate) fn matmul<T: Real>(
     beta: T,
 ) {
     let (m, n) = (c.nrows(), c.ncols());
-    let k = a.ncols();
     let accum = if beta == T::ZERO {
         Accum::Replace
     } else {
         if beta != T::ONE {
-            for j in 0..n {
-                for i in 0..m {
+            for i in 0..m {
+                for j in 0..n {
                     c[(i, j)] = beta * c[(i, j)];
                 }
             }
         }
         Accum::Add
     };
+    let k = a.ncols();
     let work = m.saturating_mul(n).saturating_mul(k);
-    // m == 1 or n == 1 goes to faer's matvec, whose parallel form splits k across threads.
-    let par = if work < PAR_MIN_FLOPS || m == 1 || n == 1 {
-        Par::Seq
+    let tasks = (work / TASK_MAC).min(MAX_TASKS);
+    if tasks < 2 {
+        faer_matmul(c, accum, a, b, alpha, Par::Seq);
+    } else if k >= 4 * m.max(n) && k >= 2 * K_BLOCK {
+        split_k(c, accum, a, b, alpha);
+    } else if m >= n && m >= 2 * MIN_BLOCK {
+        let block = m.div_ceil(tasks).max(MIN_BLOCK).next_multiple_of(ALIGN);
+        c.par_row_chunks_mut(block).enumerate().for_each(|(i, cb)| {
+            let rows = cb.nrows();
+            faer_matmul(cb, accum, a.subrows(i * block, rows), b, alpha, Par::Seq);
+        });
+    } else if n >= 2 * MIN_BLOCK {
+        let block = n.div_ceil(tasks).max(MIN_BLOCK).next_multiple_of(ALIGN);
+        c.par_col_chunks_mut(block).enumerate().for_each(|(j, cb)| {
+            let cols = cb.ncols();
+            faer_matmul(cb, accum, a, b.subcols(j * block, cols), alpha, Par::Seq);
+        });
     } else {
-        Par::rayon(0)
-    };
-    faer_matmul(c, accum, a, b, alpha, par);
+        faer_matmul(c, accum, a, b, alpha, Par::Seq);
+    }
+}
+
+/// `c (=|+=) alpha·a·b` for a long `k`: pieces of [`K_BLOCK`] along `k` are multiplied in
+/// parallel into private partials, which are then added into `c` in piece order.
+fn split_k<T: Real>(c: MatMut<'_, T>, accum: Accum, a: MatRef<'_, T>, b: MatRef<'_, T>, alpha: T) {
+    let (m, n, k) = (c.nrows(), c.ncols(), a.ncols());
+    let pieces = k.div_ceil(K_BLOCK);
+    let mut partials = vec![T::ZERO; pieces * m * n];
+    partials
+        .par_chunks_mut(m * n)
+        .enumerate()
+        .for_each(|(p, part)| {
+            let k0 = p * K_BLOCK;
+            let kl = K_BLOCK.min(k - k0);
+            faer_matmul(
+                MatMut::from_row_major_slice_mut(part, m, n),
+                Accum::Replace,
+                a.subcols(k0, kl),
+                b.subrows(k0, kl),
+                alpha,
+                Par::Seq,
+            );
+        });
+    let partials = &partials;
+    c.par_row_chunks_mut(1)
+        .enumerate()
+        .for_each(|(i, mut row)| {
+            for j in 0..n {
+                let mut acc = partials[i * n + j];
+                for p in 1..pieces {
+                    acc += partials[(p * m + i) * n + j];
+                }
+                row[(0, j)] = match accum {
+                    Accum::Replace => acc,
+                    Accum::Add => row[(0, j)] + acc,
+                };
+            }
+        });
 }
 
 #[cfg(test)]
@@ -183,6 +245,40 @@ mod tests {
         }
     }
 
+    /// The parallel paths (row blocks, column blocks, `k` pieces) against the definition.
+    #[test]
+    fn parallel_splits_match_naive() {
+        let be = CpuBackend::<f64>::new();
+        let mut rng = Rng(17);
+        // Row blocks, column blocks, and k pieces (k = 2.4 pieces).
+        for &(m, n, k, ta, tb) in &[
+            (700, 40, 700, false, true),
+            (40, 700, 700, true, false),
+            (48, 40, 2 * K_BLOCK + K_BLOCK / 2, false, false),
+            (48, 40, 2 * K_BLOCK + 7, true, true),
+        ] {
+            let g = Gemm {
+                m,
+                n,
+                k,
+                trans_a: ta,
+                trans_b: tb,
+            };
+            let a = randn(&mut rng, m * k);
+            let b = randn(&mut rng, k * n);
+            let c0 = randn(&mut rng, m * n);
+            for beta in [0.0, 1.0] {
+                let want = naive(&c0, &a, &b, g, 0.5, beta);
+                let mut c = c0.clone();
+                be.gemm(&mut c, &a, &b, m, n, k, ta, tb, 0.5, beta as f32)
+                    .unwrap();
+                for (x, y) in c.iter().zip(&want) {
+                    assert!((x - y).abs() < 1e-10, "{g:?} beta={beta}: {x} vs {y}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn beta_zero_overwrites_nan() {
         let be = CpuBackend::<f32>::new();
@@ -228,6 +324,7 @@ mod tests {
             (512, 576, 8),
             (576, 8, 512),
             (64, 48, 4096),
+            (32, 64, 2 * K_BLOCK + 100),
         ] {
             let a: Vec<f32> = randn(&mut rng, m * k).iter().map(|&x| x as f32).collect();
             let b: Vec<f32> = randn(&mut rng, k * n).iter().map(|&x| x as f32).collect();
@@ -254,7 +351,7 @@ mod tests {
         }
     }
 
-    /// GEMM timing for one shape given by `GEMM_SHAPE=m,n,k,ta,tb,reps` (single thread):
+    /// GEMM timing for one shape given by `GEMM_SHAPE=m,n,k,ta,tb,reps[,threads]`:
     /// `GEMM_SHAPE=64,256,64,0,1,2000 perf stat -e cycles:u <test binary> gemm_timing --ignored`.
     #[test]
     #[ignore]
@@ -262,12 +359,13 @@ mod tests {
         let spec = std::env::var("GEMM_SHAPE").unwrap_or_else(|_| "512,576,576,0,1,20".into());
         let v: Vec<usize> = spec.split(',').map(|x| x.parse().unwrap()).collect();
         let (m, n, k, ta, tb, reps) = (v[0], v[1], v[2], v[3] == 1, v[4] == 1, v[5]);
+        let threads = v.get(6).copied().unwrap_or(1);
         let be = CpuBackend::<f32>::new();
         let mut rng = Rng(1);
         let a: Vec<f32> = randn(&mut rng, m * k).iter().map(|&x| x as f32).collect();
         let b: Vec<f32> = randn(&mut rng, k * n).iter().map(|&x| x as f32).collect();
         let mut c = vec![0.0f32; m * n];
-        in_pool(1, || {
+        in_pool(threads, || {
             let t = std::time::Instant::now();
             for _ in 0..reps {
                 be.gemm(&mut c, &a, &b, m, n, k, ta, tb, 1.0, 0.0).unwrap();
