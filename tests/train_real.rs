@@ -12,7 +12,7 @@ use gradients_engine::eval::evaluate;
 use gradients_engine::lora::{LoraState, LoraWeights};
 use gradients_engine::model::load::load_model;
 use gradients_engine::model::Llama;
-use gradients_engine::train::trainer::prepare_data;
+use gradients_engine::train::plan::prepare_data;
 use gradients_engine::train::{train_model, RunOptions, StopReason, TrainConfig};
 
 #[test]

@@ -5,6 +5,7 @@
 pub mod checkpoint; // TrainerState, save_checkpoint, load_checkpoint, latest_checkpoint
 pub mod config; // TrainConfig (TOML/JSON, validated), resolve_asset
 pub mod metrics; // Metrics: metrics.jsonl appends, trimmed on resume
+pub mod plan; // prepare_data (split + tokens), epoch_rows, plan_steps, micro_batch
 pub mod trainer; // train, RunOptions, TrainSummary, StepRecord, Event, install_signal_flag
 
 pub use config::TrainConfig;
