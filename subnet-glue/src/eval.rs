@@ -1,6 +1,7 @@
 //! `gradients eval`: SFT test loss of a model (optionally with a PEFT adapter) on a dataset
 //! file (SPEC §3: mean cross-entropy over completion tokens, one sample per row), printed as
-//! one JSON object with `mean_loss`, `tokens`, `samples`, `per_sample_loss` and `rows`.
+//! one JSON object with `mean_loss`, `tokens`, `samples`, `per_sample_loss` and `rows` (each
+//! scored sample's 0-based row in the file).
 
 use std::path::PathBuf;
 
@@ -98,15 +99,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let seq_len = args.seq_len.unwrap_or_else(|| eval_seq_len(&m.config));
     let records = read_records(&args.data)
         .with_context(|| format!("reading dataset {}", args.data.display()))?;
-    let rows: Vec<_> = match args.split.as_str() {
-        "all" => records,
+    // file row of each selected row
+    let idx: Vec<usize> = match args.split.as_str() {
+        "all" => (0..records.len()).collect(),
         which => {
             let s = split_indices(records.len(), 42)
                 .with_context(|| format!("splitting {}", args.data.display()))?;
-            let idx = if which == "test" { s.test } else { s.train };
-            idx.iter().map(|&i| records[i].clone()).collect()
+            if which == "test" {
+                s.test
+            } else {
+                s.train
+            }
         }
     };
+    let rows: Vec<_> = idx.iter().map(|&i| records[i].clone()).collect();
     let opts = TokenizeOptions {
         seq_len,
         truncation: Truncation::TruncateTail,
@@ -115,6 +121,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("tokenising {}", args.data.display()))?;
     if let Some(n) = args.limit {
         samples.truncate(n);
+    }
+    for s in &mut samples {
+        s.row = idx[s.row];
     }
     let be = CpuBackend::<f32>::new();
     let mut model = Llama::new(be.clone(), &m.config, &m.weights)?;
