@@ -10,12 +10,14 @@ pub mod assets; // smollm2_gguf, alpaca_en_demo, dpo_en_demo: cached real test a
 pub mod backend; // Backend trait (the op set), RopeTable, cpu::CpuBackend
 pub mod data; // dataset files, column mappings, tokenisation + masking, packing, split
 pub mod error; // Error, ErrorKind, Result
+pub mod eval; // evaluate: SFT test loss (per sample and overall), eval_seq_len
 pub mod io; // write_atomic, write_atomic_with (temp file + fsync + rename)
 pub mod lora; // Target, LoraConfig; adapter parameters and PEFT files
 pub mod model; // ModelConfig, ModelWeights, loaders, llama forward/backward
 pub mod optim; // Schedule, clip_grad_norm, AdamW (+ AdamWState for checkpoints)
 pub mod tensor; // DType, Tensor (host f32 storage)
-pub mod tokenizer; // Tokenizer (GGUF byte-level BPE), ChatMessage, render_chat
+pub mod tokenizer;
+pub mod train; // TrainConfig, train: the LoRA SFT loop, metrics, checkpoints, resume // Tokenizer (GGUF byte-level BPE), ChatMessage, render_chat
 
 pub use error::{Error, ErrorKind, Result};
 pub use tensor::{DType, Tensor};

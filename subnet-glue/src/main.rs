@@ -4,8 +4,10 @@
 //! `anyhow::Result` so every failure reaches the user as one clear message with its context.
 
 mod bench; // gradients bench: train/eval tokens/s and peak RSS on a real model
+mod eval; // gradients eval: SFT test loss (per sample and mean), with or without an adapter
 mod generate; // gradients generate: greedy decoding, optionally with an adapter
 mod inspect; // gradients inspect MODEL
+mod train; // gradients train --config run.toml: LoRA SFT with checkpoints and resume
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,10 @@ enum Command {
     Generate(generate::Args),
     /// Measure LoRA training and evaluation tokens/s and peak memory on a model.
     Bench(bench::Args),
+    /// LoRA fine-tuning from a TOML/JSON run config (resumes from its last checkpoint).
+    Train(train::Args),
+    /// SFT test loss of a model, optionally with an adapter, as one JSON object.
+    Eval(eval::Args),
 }
 
 fn main() {
@@ -33,6 +39,8 @@ fn main() {
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

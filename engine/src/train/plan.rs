@@ -1,0 +1,146 @@
+//! The deterministic data side of a run: the SPEC §2 split of the tokenised dataset
+//! ([`prepare_data`]), each epoch's rows (packed or one sample per row, ordered by
+//! `counter_hash([seed, epoch])`), and the plan of every optimiser step up to the epoch,
+//! `max_steps` and token-budget limits ([`plan_steps`]). trainer.rs runs the plan.
+
+use super::config::{resolve_asset, TrainConfig};
+use super::trainer::StopReason;
+use crate::data::rng::Pcg64;
+use crate::data::{pack::pack_rows, read_records, split_indices, tokenize_sft};
+use crate::data::{TextTokenizer, TokenizeOptions, TokenizedSample, Truncation};
+use crate::error::{Error, Result};
+use crate::lora::counter_hash;
+use crate::model::{Batch, Sample};
+
+/// One planned optimiser step.
+pub struct StepPlan {
+    /// Epoch (0-based).
+    pub epoch: u32,
+    /// Index within the epoch.
+    pub position: u64,
+    /// Micro-batches → rows → sample indices.
+    pub micro: Vec<Vec<Vec<usize>>>,
+    /// Sample tokens (padding excluded).
+    pub tokens: u64,
+}
+
+/// The rows of epoch `epoch`: sample indices per row.
+pub fn epoch_rows(
+    train: &[TokenizedSample],
+    cfg: &TrainConfig,
+    epoch: u32,
+) -> Result<Vec<Vec<usize>>> {
+    let seed = counter_hash(&[cfg.seed, u64::from(epoch)]);
+    if cfg.packing {
+        return pack_rows(train, cfg.seq_len, Some(seed));
+    }
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    Pcg64::new(seed).shuffle(&mut order);
+    Ok(order.into_iter().map(|i| vec![i]).collect())
+}
+
+/// Plan every step of the run and say what limits it.
+pub fn plan_steps(
+    train: &[TokenizedSample],
+    cfg: &TrainConfig,
+) -> Result<(Vec<StepPlan>, StopReason)> {
+    let mut plan = Vec::new();
+    let mut tokens = 0u64;
+    for epoch in 0..cfg.epoch_limit() {
+        let rows = epoch_rows(train, cfg, epoch)?;
+        let micro: Vec<Vec<Vec<usize>>> =
+            rows.chunks(cfg.micro_batch).map(|c| c.to_vec()).collect();
+        for (position, group) in micro.chunks(cfg.grad_accum).enumerate() {
+            if cfg.max_steps.is_some_and(|m| plan.len() as u64 >= m) {
+                return Ok((plan, StopReason::MaxSteps));
+            }
+            let t: u64 = group
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|&i| train[i].len() as u64)
+                .sum();
+            if cfg.token_budget.is_some_and(|b| tokens + t > b) {
+                return Ok((plan, StopReason::TokenBudget));
+            }
+            tokens += t;
+            plan.push(StepPlan {
+                epoch,
+                position: position as u64,
+                micro: group.to_vec(),
+                tokens: t,
+            });
+        }
+    }
+    let reason = if cfg.max_steps.is_some_and(|m| plan.len() as u64 >= m) {
+        StopReason::MaxSteps
+    } else {
+        StopReason::Completed
+    };
+    Ok((plan, reason))
+}
+
+/// Build the batch of one micro-batch.
+pub fn micro_batch(
+    train: &[TokenizedSample],
+    rows: &[Vec<usize>],
+    cfg: &TrainConfig,
+    vocab: usize,
+) -> Result<Batch> {
+    if cfg.packing {
+        let views: Vec<Vec<Sample<'_>>> = rows
+            .iter()
+            .map(|r| r.iter().map(|&i| train[i].as_sample()).collect())
+            .collect();
+        Batch::packed(&views, cfg.seq_len, vocab)
+    } else {
+        let views: Vec<Sample<'_>> = rows
+            .iter()
+            .flatten()
+            .map(|&i| train[i].as_sample())
+            .collect();
+        let longest = views
+            .iter()
+            .map(|s| s.input_ids.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        Batch::unpacked(&views, longest, vocab)
+    }
+}
+
+/// The tokenised train and test samples of `cfg`'s dataset (SPEC §2 split, seed 42).
+pub fn prepare_data(
+    cfg: &TrainConfig,
+    tok: &dyn TextTokenizer,
+) -> Result<(Vec<TokenizedSample>, Vec<TokenizedSample>)> {
+    let path = resolve_asset(&cfg.dataset)?;
+    let records = read_records(&path)?;
+    let split = split_indices(records.len(), 42)?;
+    let opts = TokenizeOptions {
+        seq_len: cfg.seq_len,
+        truncation: Truncation::TruncateTail,
+    };
+    let (samples, _) = tokenize_sft(tok, &cfg.mapping, &records, &path, opts)?;
+    let mut by_row: Vec<Option<TokenizedSample>> = vec![None; records.len()];
+    for s in samples {
+        let r = s.row;
+        by_row[r] = Some(s);
+    }
+    let take =
+        |rows: &[usize], by_row: &mut Vec<Option<TokenizedSample>>| -> Vec<TokenizedSample> {
+            rows.iter().filter_map(|&r| by_row[r].take()).collect()
+        };
+    let mut train_rows = split.train.clone();
+    train_rows.sort_unstable();
+    let train = take(&train_rows, &mut by_row);
+    let test = take(&split.test, &mut by_row);
+    if train.is_empty() {
+        return Err(Error::config(
+            path.display().to_string(),
+            "rows",
+            "no train sample left after the split and tokenisation",
+        ));
+    }
+    Ok((train, test))
+}
