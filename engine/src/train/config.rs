@@ -47,13 +47,13 @@ pub struct OptimizerSection {
     pub lr: f64,
     /// `(beta1, beta2)`, each in [0, 1).
     #[serde(default = "default_betas")]
-    pub betas: [f32; 2],
+    pub betas: [f64; 2],
     /// Denominator epsilon, in [0, 1).
     #[serde(default = "default_eps")]
-    pub eps: f32,
+    pub eps: f64,
     /// Decoupled weight decay, in [0, 10].
     #[serde(default)]
-    pub weight_decay: f32,
+    pub weight_decay: f64,
     /// Global-norm gradient clipping threshold (> 0).
     #[serde(default = "default_clip")]
     pub max_grad_norm: f32,
@@ -154,10 +154,10 @@ fn default_targets() -> Vec<String> {
 fn default_lr() -> f64 {
     2e-4
 }
-fn default_betas() -> [f32; 2] {
+fn default_betas() -> [f64; 2] {
     [0.9, 0.999]
 }
-fn default_eps() -> f32 {
+fn default_eps() -> f64 {
     1e-8
 }
 fn default_clip() -> f32 {

@@ -288,7 +288,6 @@ pub fn train_model(
     }
     let mut lora = LoraState::upload(&be, &lw)?;
     let mut grads = lora.zeros_grads(&be)?;
-    let mut scratch = lora.zeros_grads(&be)?;
     let mut metrics = Metrics::open(&out.join("metrics.jsonl"), state.step)?;
     let resumed_from = state.step;
     on_event(Event::Start {
@@ -355,15 +354,11 @@ pub fn train_model(
                 seed: cfg.seed,
                 step: state.step * cfg.grad_accum as u64 + i as u64,
                 loss_scale: Some(scale),
+                // Micro-batches after the first add into the step's gradients.
+                accumulate: i > 0,
             };
-            let dst = if i == 0 { &mut grads } else { &mut scratch };
-            let st = model.forward_backward(batch, &lora, dst, &so)?;
+            let st = model.forward_backward(batch, &lora, &mut grads, &so)?;
             sum_loss += st.sum_loss;
-            if i > 0 {
-                for (g, s) in grads.bufs_mut().into_iter().zip(scratch.bufs()) {
-                    be.axpy(g, 1.0, s)?;
-                }
-            }
         }
         let loss = if targets > 0 {
             sum_loss / targets as f64
@@ -395,7 +390,7 @@ pub fn train_model(
             ));
         }
         let lr = schedule.lr_at(state.step);
-        opt.step(&be, &mut lora.params_mut(), &grads.bufs(), lr as f32)?;
+        opt.step(&be, &mut lora.params_mut(), &grads.bufs(), lr)?;
         let dt = t0.elapsed().as_secs_f64();
         slowest = slowest.max(dt);
         train_secs += dt;
