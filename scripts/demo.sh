@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: local, CPU, the real small model.
 # Fetches SmolLM2-135M-Instruct (GGUF) and the demo data into ~/.cache/gradients, builds the
-# `gradients` tool, shows the model, asks it a question, and measures LoRA training and
-# evaluation on it. Safe to re-run: downloads and builds are cached.
+# `gradients` tool, shows the model, asks it a question, fine-tunes a LoRA adapter on the
+# train split and evaluates it on the held-out test split (loss before and after).
+# Safe to re-run: downloads and builds are cached.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,5 +21,9 @@ echo "== the model"
 echo "== greedy answer to \"What is the capital of France?\""
 "$G" generate --model "$GGUF" --prompt "What is the capital of France?" --max-tokens 24
 
-echo "== LoRA training and evaluation speed (batch 4 x seq 256, r=8 on all 7 projections)"
-"$G" bench --model "$GGUF" --batch 4 --seq 256 --steps 3
+echo "== LoRA fine-tune on alpaca_en_demo (train split, 20k-token budget), test loss before/after"
+"$G" train --config examples/alpaca-smollm2.toml --fresh
+
+echo "== the fine-tuned adapter answers"
+"$G" generate --model "$GGUF" --adapter target/demo-alpaca-smollm2/adapter \
+    --prompt "Give three tips for staying healthy." --max-tokens 48
