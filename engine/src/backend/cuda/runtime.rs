@@ -84,7 +84,7 @@ impl CudaRuntime {
         // cuModuleLoadData wants the image 8-byte aligned: a Vec<u8> from the system
         // allocator is 16-byte aligned on the targets we build for; check rather than trust.
         let image = KERNELS_FATBIN.to_vec();
-        if image.as_ptr() as usize % 8 != 0 {
+        if !image.as_ptr().cast::<u64>().is_aligned() {
             return Err(Error::device(
                 &label,
                 "load kernel fatbin",
