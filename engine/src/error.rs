@@ -62,6 +62,17 @@ pub enum ErrorKind {
     /// The tokenizer could not be built or failed to encode/decode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A GPU runtime failure: a missing driver library or device, a failed driver call, a
+    /// kernel missing from the fatbin, a failed launch.
+    #[error("{device}: {op}: {msg}")]
+    Device {
+        /// The device ("cuda:0").
+        device: String,
+        /// What was being done, with its sizes ("upload 1024 f32", "launch cast_f32_to_bf16").
+        op: String,
+        /// What went wrong (the driver's error name and text, or the missing piece).
+        msg: String,
+    },
 }
 
 /// The engine's error: a boxed [`ErrorKind`] so `Result<T>` stays small.
@@ -116,6 +127,19 @@ impl Error {
     pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
         ErrorKind::Shape {
             op,
+            msg: msg.into(),
+        }
+        .into()
+    }
+    /// A GPU runtime error on `device` while doing `op`.
+    pub fn device(
+        device: impl Into<String>,
+        op: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
+        ErrorKind::Device {
+            device: device.into(),
+            op: op.into(),
             msg: msg.into(),
         }
         .into()

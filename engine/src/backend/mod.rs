@@ -14,7 +14,8 @@
 
 pub mod cpu; // CpuBackend: reference semantics
 #[cfg(feature = "cuda")]
-pub mod cuda; // KERNELS_FATBIN, PTXAS_REPORT (built by build.rs); later the cudarc backend
+pub mod cuda; // KERNELS_FATBIN, PTXAS_REPORT; CudaRuntime, CudaBuf, probe (cudarc)
+pub mod device; // Device (cpu, cuda:N), resolve: CUDA checks with a CPU fallback
 pub mod rope_table; // RopeTable::new, rope_inv_freq (llama3 scaling)
 
 use crate::error::Result;

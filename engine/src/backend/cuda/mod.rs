@@ -1,9 +1,19 @@
 //! The CUDA backend (behind the `cuda` feature). For now: the kernel fatbin that build.rs
-//! compiles from kernels/*.cu (sm_80 and sm_90 SASS plus compute_80 PTX for newer GPUs) and
-//! nvcc's `ptxas -v` report of it. The cudarc runtime that loads the fatbin and launches the
-//! kernels comes next; the launch shape of each kernel is documented above it in kernels/.
+//! compiles from kernels/*.cu (sm_80 and sm_90 SASS plus compute_80 PTX for newer GPUs),
+//! nvcc's `ptxas -v` report of it, and the cudarc runtime that loads it: GPU detection that
+//! never panics (`probe`), the context / stream / module and device buffers (`runtime`), and
+//! typed launchers of the first kernels (`launch`). The Backend implementation comes next;
+//! the launch shape of each kernel is documented above it in kernels/.
 //! Neighbours: `backend::cpu` (the reference semantics these kernels must match; checked
-//! through the CPU emulator in tests/kernels_emu.rs).
+//! through the CPU emulator in tests/kernels_emu.rs and on a GPU in tests/cuda_runtime.rs),
+//! `backend::device` (device choice with a CPU fallback).
+
+pub mod launch; // BLOCK_THREADS; CudaRuntime::cast, CudaRuntime::rmsnorm_forward
+pub mod probe; // check_library, open_device, probe, GpuInfo: detection that never panics
+pub mod runtime; // CudaRuntime (context, stream, module), CudaBuf (f32 / bf16 device buffer)
+
+pub use probe::GpuInfo;
+pub use runtime::{CudaBuf, CudaRuntime};
 
 /// Bytes aligned to 16 (a fatbin handed to `cuModuleLoadData` must be 8-byte aligned).
 #[repr(C, align(16))]

@@ -1,0 +1,117 @@
+//! Where the engine runs: [`Device`] (`cpu`, `cuda`, `cuda:N`, parsed from a CLI string) and
+//! [`resolve`], which turns a requested device into the one that will be used, falling back
+//! to the CPU backend with one log line saying why when CUDA was asked for but cannot run:
+//! a build without the `cuda` feature, a missing driver library or cuBLASLt, no GPU, a GPU
+//! index out of range, an old driver or a GPU older than sm_80.
+//!
+//! Always compiled and free of cudarc types; with the `cuda` feature the checks are done by
+//! `backend::cuda::probe` (dlopen checks first, then cudarc guarded against panics, so
+//! detection never panics). Neighbours: `backend::cpu` (the fallback), `backend::cuda`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// A compute device the engine can run on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// The CPU backend (the reference semantics).
+    #[default]
+    Cpu,
+    /// The CUDA backend on GPU number `N` (the driver's ordinal, as in `cuda:N`).
+    Cuda(usize),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl FromStr for Device {
+    type Err = Error;
+
+    /// Parses `cpu`, `cuda` (GPU 0) or `cuda:N` (case-insensitive, surrounding spaces
+    /// ignored).
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim().to_ascii_lowercase();
+        let bad = |why: &str| {
+            Error::unsupported(format!(
+                "device `{s}`: {why}; expected `cpu`, `cuda` or `cuda:N` (N a GPU index: 0, 1, ...)"
+            ))
+        };
+        match t.as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => match t.strip_prefix("cuda:") {
+                Some("") => Err(bad("missing GPU index after `cuda:`")),
+                Some(n) if n.bytes().all(|b| b.is_ascii_digit()) => n
+                    .parse()
+                    .map(Device::Cuda)
+                    .map_err(|_| bad("GPU index out of range")),
+                Some(_) => Err(bad("GPU index is not a non-negative integer")),
+                None => Err(bad("unknown device")),
+            },
+        }
+    }
+}
+
+impl Device {
+    /// True for [`Device::Cuda`].
+    pub fn is_cuda(self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+}
+
+/// The device to run on given the `requested` one, and a log line when it differs.
+///
+/// `cpu` is always usable. For `cuda:N` this checks, without ever panicking, that the build
+/// has the `cuda` feature, that libcuda.so.1 and libcublasLt.so.13 can be loaded, that the
+/// driver supports CUDA 13.0, that GPU N exists and that its compute capability is at least
+/// 8.0; if any check fails it returns `(Device::Cpu, Some(line))` with one line saying why,
+/// e.g. "cuda:0 requested but libcuda.so.1 was not found (...); running on the CPU backend".
+/// On success it returns `(requested, None)`.
+pub fn resolve(requested: Device) -> (Device, Option<String>) {
+    match requested {
+        Device::Cpu => (Device::Cpu, None),
+        Device::Cuda(n) => match cuda_unusable(n) {
+            None => (requested, None),
+            Some(why) => (
+                Device::Cpu,
+                Some(format!(
+                    "{requested} requested but {why}; running on the CPU backend"
+                )),
+            ),
+        },
+    }
+}
+
+/// Why GPU `ordinal` cannot run the CUDA backend, or `None` when it can.
+#[cfg(feature = "cuda")]
+fn cuda_unusable(ordinal: usize) -> Option<String> {
+    super::cuda::probe::probe(ordinal).err()
+}
+
+/// Why GPU `ordinal` cannot run the CUDA backend: this build has no CUDA support.
+#[cfg(not(feature = "cuda"))]
+fn cuda_unusable(_ordinal: usize) -> Option<String> {
+    Some("this build has no CUDA support (rebuild with `--features cuda`)".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_round_trips_through_from_str() {
+        for d in [Device::Cpu, Device::Cuda(0), Device::Cuda(7)] {
+            assert_eq!(d.to_string().parse::<Device>().unwrap(), d);
+        }
+        assert!(Device::Cuda(1).is_cuda() && !Device::Cpu.is_cuda());
+        assert_eq!(Device::default(), Device::Cpu);
+    }
+}
