@@ -33,9 +33,8 @@ pub struct Args {
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
-    /// Rayon threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    run: crate::runtime::RunArgs,
     /// LoRA rank.
     #[arg(long, default_value_t = 8)]
     rank: usize,
@@ -46,12 +45,7 @@ pub struct Args {
 
 /// Run the benchmark and print its JSON line.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.threads > 0 {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(args.threads)
-            .build_global()
-            .context("setting the rayon thread count")?;
-    }
+    args.run.setup()?;
     anyhow::ensure!(
         args.batch > 0 && args.seq > 1 && args.steps > 0,
         "batch, seq and steps must be positive (seq > 1)"

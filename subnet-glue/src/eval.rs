@@ -56,6 +56,8 @@ pub struct Args {
     /// Print the JSON object only (otherwise a one-line summary follows it on stderr).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    run: crate::runtime::RunArgs,
 }
 
 fn mapping(args: &Args) -> anyhow::Result<Mapping> {
@@ -88,6 +90,7 @@ fn toml_like(text: &str) -> anyhow::Result<Mapping> {
 
 /// Evaluate and print the JSON result.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.run.setup()?;
     let m = load_model(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let map = mapping(&args)?;

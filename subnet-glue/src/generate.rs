@@ -28,10 +28,13 @@ pub struct Args {
     /// Most new tokens to generate.
     #[arg(long, default_value_t = 48)]
     max_tokens: usize,
+    #[command(flatten)]
+    run: crate::runtime::RunArgs,
 }
 
 /// Load, render, decode greedily, print the completion.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.run.setup()?;
     let m = load_model(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let Some(tok) = m.tokenizer.as_ref() else {

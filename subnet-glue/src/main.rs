@@ -7,6 +7,7 @@ mod bench; // gradients bench: train/eval tokens/s and peak RSS on a real model
 mod eval; // gradients eval: SFT test loss (per sample and mean), with or without an adapter
 mod generate; // gradients generate: greedy decoding, optionally with an adapter
 mod inspect; // gradients inspect MODEL
+mod runtime; // RunArgs: --device (with CPU fallback) and --threads for every model command
 mod train; // gradients train --config run.toml: LoRA SFT with checkpoints and resume
 
 use clap::{Parser, Subcommand};

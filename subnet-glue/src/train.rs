@@ -16,9 +16,8 @@ pub struct Args {
     /// Start over, ignoring any checkpoint in the output directory.
     #[arg(long)]
     fresh: bool,
-    /// Rayon threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    run: crate::runtime::RunArgs,
     /// Print the summary as one JSON object too.
     #[arg(long)]
     json: bool,
@@ -26,12 +25,7 @@ pub struct Args {
 
 /// Run the training and print its progress and summary.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.threads > 0 {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(args.threads)
-            .build_global()
-            .context("setting the rayon thread count")?;
-    }
+    args.run.setup()?;
     let cfg = TrainConfig::from_file(&args.config)
         .with_context(|| format!("reading train config {}", args.config.display()))?;
     let stop = install_signal_flag()?;

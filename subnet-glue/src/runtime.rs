@@ -1,0 +1,41 @@
+//! `--device` and `--threads`, shared by every command that runs a model: chooses the rayon
+//! thread count and resolves the requested device, falling back to the CPU backend with one
+//! clear line on stderr when CUDA is not usable (no `cuda` build feature, no driver, no GPU).
+
+use anyhow::Context;
+use gradients_engine::backend::device::{resolve, Device};
+
+/// Flags shared by the commands that run a model.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Where to run: `cpu`, `cuda` or `cuda:N` (falls back to the CPU, saying why).
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// CPU threads (0 = all cores). Results do not depend on it.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+impl RunArgs {
+    /// Apply the thread count and resolve the device; returns the device the run uses.
+    pub fn setup(&self) -> anyhow::Result<Device> {
+        if self.threads > 0 {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(self.threads)
+                .build_global()
+                .context("setting the rayon thread count")?;
+        }
+        let (device, why) = resolve(self.device);
+        if let Some(why) = why {
+            eprintln!("{why}");
+        }
+        if device.is_cuda() {
+            // The CUDA runtime and kernels exist; the Llama step on them is the next issue.
+            eprintln!(
+                "{device}: usable, but the CUDA training step is not implemented yet; running on the CPU backend"
+            );
+            return Ok(Device::Cpu);
+        }
+        Ok(device)
+    }
+}
