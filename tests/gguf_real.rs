@@ -71,28 +71,7 @@ fn config_matches_the_model_card() {
     assert_eq!(l.wq.shape, vec![576, 576]);
     assert_eq!(l.wk.shape, vec![192, 576]);
     assert_eq!(l.w_down.shape, vec![576, 1536]);
-    let params: usize = m.weights.embed.len()
-        + m.weights.final_norm.len()
-        + m.weights
-            .layers
-            .iter()
-            .map(|l| {
-                [
-                    &l.attn_norm,
-                    &l.wq,
-                    &l.wk,
-                    &l.wv,
-                    &l.wo,
-                    &l.mlp_norm,
-                    &l.w_gate,
-                    &l.w_up,
-                    &l.w_down,
-                ]
-                .iter()
-                .map(|t| t.len())
-                .sum::<usize>()
-            })
-            .sum::<usize>();
+    let params = m.weights.num_params();
     assert_eq!(params, 134_515_008);
 }
 

@@ -20,29 +20,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let m = load_model(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let c = &m.config;
-    let w = &m.weights;
-    let mut params = w.embed.len() + w.final_norm.len() + w.lm_head.as_ref().map_or(0, |t| t.len());
-    for l in &w.layers {
-        params += [
-            &l.attn_norm,
-            &l.wq,
-            &l.wk,
-            &l.wv,
-            &l.wo,
-            &l.mlp_norm,
-            &l.w_gate,
-            &l.w_up,
-            &l.w_down,
-        ]
-        .iter()
-        .map(|t| t.len())
-        .sum::<usize>();
-        params += [&l.bq, &l.bk, &l.bv]
-            .iter()
-            .filter_map(|t| t.as_ref())
-            .map(|t| t.len())
-            .sum::<usize>();
-    }
+    let params = m.weights.num_params();
     let tok = m.tokenizer.as_ref();
     if args.json {
         let v = serde_json::json!({

@@ -47,21 +47,9 @@ pub struct PeftAdapter {
     pub tensors: BTreeMap<(usize, Target, LoraFactor), Tensor>,
 }
 
-/// `(in, out)` widths of the Linear that `target` names in a model with config `cfg`.
-pub fn target_dims(cfg: &ModelConfig, target: Target) -> (usize, usize) {
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    match target {
-        Target::Q => (h, cfg.q_dim()),
-        Target::K | Target::V => (h, cfg.kv_dim()),
-        Target::O => (cfg.q_dim(), h),
-        Target::Gate | Target::Up => (h, i),
-        Target::Down => (i, h),
-    }
-}
-
 /// The shape of one LoRA factor: `A` is `[rank, in]`, `B` is `[out, rank]`.
 pub fn lora_shape(cfg: &ModelConfig, rank: usize, target: Target, f: LoraFactor) -> [usize; 2] {
-    let (din, dout) = target_dims(cfg, target);
+    let (dout, din) = super::params::target_dims(cfg, target);
     match f {
         LoraFactor::A => [rank, din],
         LoraFactor::B => [dout, rank],

@@ -71,3 +71,28 @@ pub struct ModelWeights {
     /// `[vocab, hidden]`; `None` when tied to `embed`.
     pub lm_head: Option<Tensor>,
 }
+
+impl LayerWeights {
+    /// Every tensor of the block (biases included when present), in block order.
+    pub fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        [&self.attn_norm, &self.wq, &self.wk, &self.wv, &self.wo]
+            .into_iter()
+            .chain([&self.bq, &self.bk, &self.bv].into_iter().flatten())
+            .chain([&self.mlp_norm, &self.w_gate, &self.w_up, &self.w_down])
+    }
+}
+
+impl ModelWeights {
+    /// Number of parameters (a tied lm_head counted once).
+    pub fn num_params(&self) -> usize {
+        self.embed.len()
+            + self.final_norm.len()
+            + self.lm_head.as_ref().map_or(0, Tensor::len)
+            + self
+                .layers
+                .iter()
+                .flat_map(LayerWeights::tensors)
+                .map(Tensor::len)
+                .sum::<usize>()
+    }
+}
