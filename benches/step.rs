@@ -10,7 +10,7 @@ use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::backend::Backend;
 use gradients_engine::lora::{LoraConfig, LoraState, LoraWeights};
 use gradients_engine::model::load::load_model;
-use gradients_engine::model::{Batch, Llama, Sample, StepOptions};
+use gradients_engine::model::{Batch, Llama, StepOptions};
 use gradients_engine::optim::adamw::{AdamW, AdamWConfig};
 
 fn step(c: &mut Criterion) {
@@ -31,26 +31,7 @@ fn step(c: &mut Criterion) {
     let lens: Vec<usize> = lora.params().iter().map(|p| be.len(p)).collect();
     let mut opt = AdamW::new(&be, AdamWConfig::default(), &lens).unwrap();
     let (batch, seq) = (4usize, 256usize);
-    let rows: Vec<Vec<u32>> = (0..batch)
-        .map(|r| {
-            (0..seq)
-                .map(|t| ((r * 7919 + t * 104729) % cfg.vocab_size) as u32)
-                .collect()
-        })
-        .collect();
-    let labels: Vec<Vec<i32>> = rows
-        .iter()
-        .map(|r| r.iter().map(|&i| i as i32).collect())
-        .collect();
-    let samples: Vec<Sample> = rows
-        .iter()
-        .zip(&labels)
-        .map(|(i, l)| Sample {
-            input_ids: i,
-            labels: l,
-        })
-        .collect();
-    let b = Batch::unpacked(&samples, seq, cfg.vocab_size).unwrap();
+    let b = Batch::synthetic(batch, seq, cfg.vocab_size).unwrap();
 
     let mut g = c.benchmark_group("smollm2_135m_4x256");
     g.sample_size(10);

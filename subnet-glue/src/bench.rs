@@ -12,7 +12,7 @@ use gradients_engine::backend::Backend;
 use gradients_engine::lora::{LoraConfig, LoraState, LoraWeights};
 use gradients_engine::model::llama::{Llama, StepOptions};
 use gradients_engine::model::load::load_model;
-use gradients_engine::model::{Batch, Sample};
+use gradients_engine::model::Batch;
 use gradients_engine::optim::adamw::{AdamW, AdamWConfig};
 
 /// Flags of `gradients bench`.
@@ -70,36 +70,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut opt = AdamW::new(&be, adam, &lens)?;
 
-    // splitmix64 token ids: fixed, so runs are comparable;
-    // scripts/compare/torch_peft.py generates the same ids.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    let rows: Vec<Vec<u32>> = (0..args.batch)
-        .map(|_| {
-            (0..args.seq)
-                .map(|_| (next() % cfg.vocab_size as u64) as u32)
-                .collect()
-        })
-        .collect();
-    let labels: Vec<Vec<i32>> = rows
-        .iter()
-        .map(|r| r.iter().map(|&i| i as i32).collect())
-        .collect();
-    let samples: Vec<Sample> = rows
-        .iter()
-        .zip(&labels)
-        .map(|(i, l)| Sample {
-            input_ids: i,
-            labels: l,
-        })
-        .collect();
-    let batch = Batch::unpacked(&samples, args.seq, cfg.vocab_size)?;
+    // Fixed ids, identical to scripts/compare/torch_peft.py's.
+    let batch = Batch::synthetic(args.batch, args.seq, cfg.vocab_size)?;
     let ntok = (args.batch * args.seq) as f64;
 
     let mut losses = Vec::new();

@@ -190,6 +190,42 @@ impl Batch {
             .max()
             .unwrap_or(0)
     }
+
+    /// A benchmark batch: `batch` unpacked rows of `seq` pseudo-random ids, every position
+    /// labelled. Ids come from splitmix64 (state starting at the golden-ratio constant,
+    /// `id = next() % vocab`), the same sequence scripts/compare/torch_peft.py builds, so
+    /// both engines see identical tokens.
+    pub fn synthetic(batch: usize, seq: usize, vocab: usize) -> Result<Batch> {
+        const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut state = GOLDEN;
+        let mut next = || {
+            state = state.wrapping_add(GOLDEN);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let rows: Vec<Vec<u32>> = (0..batch)
+            .map(|_| {
+                (0..seq)
+                    .map(|_| (next() % vocab.max(1) as u64) as u32)
+                    .collect()
+            })
+            .collect();
+        let labels: Vec<Vec<i32>> = rows
+            .iter()
+            .map(|r| r.iter().map(|&i| i as i32).collect())
+            .collect();
+        let samples: Vec<Sample> = rows
+            .iter()
+            .zip(&labels)
+            .map(|(i, l)| Sample {
+                input_ids: i,
+                labels: l,
+            })
+            .collect();
+        Batch::unpacked(&samples, seq, vocab)
+    }
 }
 
 #[cfg(test)]
