@@ -9,7 +9,7 @@ use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::model::llama::Llama;
 use gradients_engine::model::load::{load_model, LoadedModel};
 use gradients_engine::model::{Batch, Sample};
-use gradients_engine::tokenizer::{ChatMessage, Tokenizer};
+use gradients_engine::tokenizer::ChatMessage;
 
 fn model() -> Option<LoadedModel> {
     match assets::smollm2_gguf() {
@@ -19,30 +19,6 @@ fn model() -> Option<LoadedModel> {
             None
         }
     }
-}
-
-fn greedy(model: &mut Llama<CpuBackend>, tok: &Tokenizer, prompt: &[u32], max: usize) -> String {
-    let mut ids = prompt.to_vec();
-    let eos = tok.eos_id();
-    for _ in 0..max {
-        let logits = model.logits_last(&ids, None).unwrap();
-        let next = logits
-            .iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
-                if v > best.1 {
-                    (i, v)
-                } else {
-                    best
-                }
-            })
-            .0 as u32;
-        if Some(next) == eos {
-            break;
-        }
-        ids.push(next);
-    }
-    tok.decode(&ids[prompt.len()..]).unwrap()
 }
 
 #[test]
@@ -57,7 +33,8 @@ fn smollm2_answers_the_capital_of_france() {
         .unwrap();
     let prompt = tok.encode(&text).unwrap();
     let mut model = Llama::new(CpuBackend::<f32>::new(), &m.config, &m.weights).unwrap();
-    let answer = greedy(&mut model, tok, &prompt, 12);
+    let new = model.greedy(&prompt, 12, tok.eos_id(), None).unwrap();
+    let answer = tok.decode(&new).unwrap();
     eprintln!("answer: {answer:?}");
     assert!(answer.contains("Paris"), "answer was {answer:?}");
 }

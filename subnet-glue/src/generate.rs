@@ -55,30 +55,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut ids = tok.encode(&text)?;
-    let start = ids.len();
-    for _ in 0..args.max_tokens {
-        if ids.len() >= m.config.max_position_embeddings {
-            break;
-        }
-        let logits = model.logits_last(&ids, lora.as_ref())?;
-        let next = argmax(&logits) as u32;
-        if Some(next) == tok.eos_id() {
-            break;
-        }
-        ids.push(next);
-    }
-    println!("{}", tok.decode(&ids[start..])?);
+    let prompt = tok.encode(&text)?;
+    let new = model.greedy(&prompt, args.max_tokens, tok.eos_id(), lora.as_ref())?;
+    println!("{}", tok.decode(&new)?);
     Ok(())
-}
-
-/// Index of the largest value (the first one on ties).
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
 }

@@ -474,4 +474,32 @@ impl<B: Backend> Llama<B> {
         )?;
         self.be.download(&logits)
     }
+
+    /// Greedy decoding: extends `prompt` one argmax token at a time (the first index on
+    /// ties) until `eos`, `max_new` new tokens, or the model's context length; returns the
+    /// new tokens only (without the eos). A full forward per token: no KV cache yet.
+    pub fn greedy(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        eos: Option<u32>,
+        lora: Option<&LoraState<B>>,
+    ) -> Result<Vec<u32>> {
+        let mut ids = prompt.to_vec();
+        while ids.len() - prompt.len() < max_new && ids.len() < self.cfg.max_position_embeddings {
+            let logits = self.logits_last(&ids, lora)?;
+            let mut best = 0;
+            for (i, &x) in logits.iter().enumerate() {
+                if x > logits[best] {
+                    best = i;
+                }
+            }
+            let next = best as u32;
+            if Some(next) == eos {
+                break;
+            }
+            ids.push(next);
+        }
+        Ok(ids.split_off(prompt.len()))
+    }
 }
