@@ -2,16 +2,21 @@
 //! file (SPEC §3: mean cross-entropy over completion tokens, one sample per row), printed as
 //! one JSON object with `mean_loss`, `tokens`, `samples`, `per_sample_loss` and `rows` (each
 //! scored sample's 0-based row in the file).
+//!
+//! With a DPO mapping (`--field-prompt/--field-chosen/--field-rejected`, or a mapping file
+//! with `task_type = "dpo"`) it prints the DPO evaluation instead (SPEC §3: β 0.1 unless
+//! `--beta`, reference = the base model): `mean_loss`, `pairs`, `per_pair_loss`,
+//! `reward_accuracy`, margins, rewards, `tokens` and `rows`.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::data::{
-    read_records, split_indices, tokenize_sft, InstructMapping, Mapping, TokenizeOptions,
-    Truncation,
+    read_records, split_indices, tokenize_dpo, tokenize_sft, DpoMapping, InstructMapping, Mapping,
+    TokenizeOptions, Truncation,
 };
-use gradients_engine::eval::{eval_seq_len, evaluate};
+use gradients_engine::eval::{dpo_samples, eval_seq_len, evaluate, evaluate_dpo, DEFAULT_BETA};
 use gradients_engine::lora::{LoraState, LoraWeights};
 use gradients_engine::model::load::load_model;
 use gradients_engine::model::Llama;
@@ -37,8 +42,23 @@ pub struct Args {
     /// Instruct mapping: the output column.
     #[arg(long)]
     field_output: Option<String>,
-    /// A mapping file (JSON or TOML, tagged by `task_type`: instruct or chat).
+    /// DPO mapping: the prompt column (selects the DPO evaluation).
     #[arg(long, conflicts_with = "field_instruction")]
+    field_prompt: Option<String>,
+    /// DPO mapping: the chosen-answer column (default `chosen`).
+    #[arg(long, requires = "field_prompt")]
+    field_chosen: Option<String>,
+    /// DPO mapping: the rejected-answer column (default `rejected`).
+    #[arg(long, requires = "field_prompt")]
+    field_rejected: Option<String>,
+    /// DPO mapping: a system-text column.
+    #[arg(long, requires = "field_prompt")]
+    field_system: Option<String>,
+    /// β of the DPO loss.
+    #[arg(long, default_value_t = DEFAULT_BETA)]
+    beta: f64,
+    /// A mapping file (JSON or TOML, tagged by `task_type`: instruct, chat or dpo).
+    #[arg(long, conflicts_with_all = ["field_instruction", "field_prompt"])]
     mapping: Option<PathBuf>,
     /// Which rows: all of the file, or its SPEC §2 test or train split (seed 42).
     #[arg(long, default_value = "all", value_parser = ["all", "test", "train"])]
@@ -72,8 +92,20 @@ fn mapping(args: &Args) -> anyhow::Result<Mapping> {
         };
         return Ok(m);
     }
+    if let Some(fp) = &args.field_prompt {
+        let d = DpoMapping::default();
+        return Ok(Mapping::Dpo(DpoMapping {
+            field_prompt: fp.clone(),
+            field_chosen: args.field_chosen.clone().unwrap_or(d.field_chosen),
+            field_rejected: args.field_rejected.clone().unwrap_or(d.field_rejected),
+            field_system: args.field_system.clone(),
+            ..DpoMapping::default()
+        }));
+    }
     let Some(fi) = &args.field_instruction else {
-        bail!("give --field-instruction (with --field-input/--field-output) or --mapping FILE");
+        bail!(
+            "give --field-instruction (with --field-input/--field-output), --field-prompt (DPO) or --mapping FILE"
+        );
     };
     Ok(Mapping::Instruct(InstructMapping {
         field_instruction: fi.clone(),
@@ -116,6 +148,37 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let rows: Vec<_> = idx.iter().map(|&i| records[i].clone()).collect();
+    let be = CpuBackend::<f32>::new();
+    let mut model = Llama::new(be.clone(), &m.config, &m.weights)?;
+    let lora = match &args.adapter {
+        Some(dir) => {
+            let w = LoraWeights::load(dir, &m.config)
+                .with_context(|| format!("loading adapter {}", dir.display()))?;
+            Some(LoraState::upload(&be, &w)?)
+        }
+        None => None,
+    };
+    if let Mapping::Dpo(dm) = &map {
+        let tokens = tokenize_dpo(tok, dm, &rows, &args.data)
+            .with_context(|| format!("tokenising {}", args.data.display()))?;
+        let (mut pairs, dropped) = dpo_samples(&tokens, seq_len)?;
+        if let Some(n) = args.limit {
+            pairs.truncate(n);
+        }
+        for p in &mut pairs {
+            p.row = idx[p.row];
+        }
+        let r =
+            evaluate_dpo(&mut model, lora.as_ref(), &pairs, args.beta).context("evaluating dpo")?;
+        println!("{}", serde_json::to_string(&r)?);
+        if !args.json {
+            eprintln!(
+                "mean dpo loss {:.4} over {} pairs ({} dropped: no completion token within {seq_len}); reward accuracy {:.3}",
+                r.mean_loss, r.pairs, dropped, r.reward_accuracy
+            );
+        }
+        return Ok(());
+    }
     let opts = TokenizeOptions {
         seq_len,
         truncation: Truncation::TruncateTail,
@@ -128,16 +191,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for s in &mut samples {
         s.row = idx[s.row];
     }
-    let be = CpuBackend::<f32>::new();
-    let mut model = Llama::new(be.clone(), &m.config, &m.weights)?;
-    let lora = match &args.adapter {
-        Some(dir) => {
-            let w = LoraWeights::load(dir, &m.config)
-                .with_context(|| format!("loading adapter {}", dir.display()))?;
-            Some(LoraState::upload(&be, &w)?)
-        }
-        None => None,
-    };
     let r = evaluate(&mut model, lora.as_ref(), &samples, args.batch).context("evaluating")?;
     println!("{}", serde_json::to_string(&r)?);
     if !args.json {

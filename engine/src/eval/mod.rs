@@ -6,6 +6,9 @@
 //! to the longest of their batch, in fixed-size batches in the order given. Sums are f64 in
 //! token order, so the same inputs give bit-identical results on every run. The trainer
 //! (train/trainer.rs) calls [`evaluate`] on the test split; `gradients eval` on a file.
+//! dpo.rs holds the DPO evaluation ([`evaluate_dpo`]).
+
+pub mod dpo; // evaluate_dpo, DpoEvalResult, DpoSample, dpo_samples, log_sigmoid
 
 use serde::Serialize;
 
@@ -16,6 +19,8 @@ use crate::lora::LoraState;
 use crate::model::batch::{Batch, IGNORE};
 use crate::model::llama::Llama;
 use crate::model::ModelConfig;
+
+pub use dpo::{dpo_samples, evaluate_dpo, DpoEvalResult, DpoSample, DEFAULT_BETA};
 
 /// The result of an evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize)]

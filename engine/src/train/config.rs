@@ -80,7 +80,8 @@ pub struct TrainConfig {
     /// The dataset file (JSON array, JSONL or CSV; relative: to the config file; or
     /// `asset:alpaca_en_demo`). It is split into train/test (SPEC §2, seed 42).
     pub dataset: PathBuf,
-    /// The column mapping, tagged by `task_type` (`instruct` or `chat`).
+    /// The column mapping, tagged by `task_type` (`instruct`, `chat`, or `dpo`: DPO training,
+    /// train/dpo.rs, with `micro_batch` counting pairs and `packing` unused).
     pub mapping: Mapping,
     /// Where metrics, checkpoints and the final adapter go (relative: to the config file).
     pub output_dir: PathBuf,
@@ -140,6 +141,9 @@ pub struct TrainConfig {
     /// Gradient checkpointing (same gradients, less memory).
     #[serde(default)]
     pub recompute: bool,
+    /// β of the DPO loss (in (0, 100]; SPEC §3's 0.1 by default); used by `dpo` runs only.
+    #[serde(default = "default_dpo_beta")]
+    pub dpo_beta: f64,
 }
 
 fn default_r() -> usize {
@@ -177,6 +181,9 @@ fn default_seq() -> usize {
 }
 fn default_eval_batch() -> usize {
     4
+}
+fn default_dpo_beta() -> f64 {
+    crate::eval::DEFAULT_BETA
 }
 fn default_lora() -> LoraSection {
     LoraSection {
@@ -265,11 +272,9 @@ impl TrainConfig {
             }
         }
         self.mapping.validate()?;
-        if matches!(self.mapping, Mapping::Dpo(_)) {
-            return err(
-                "mapping.task_type",
-                "dpo training is not supported yet (instruct or chat)".into(),
-            );
+        let beta = self.dpo_beta;
+        if !(beta.is_finite() && beta > 0.0 && beta <= 100.0) {
+            return err("dpo_beta", format!("must be in (0, 100], got {beta}"));
         }
         range("lora.r", self.lora.r, 1, 1024)?;
         self.lora_config().map_err(|e| match e.kind() {

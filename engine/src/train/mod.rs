@@ -1,9 +1,11 @@
-//! LoRA supervised fine-tuning runs: a validated [`TrainConfig`] (config.rs) drives the loop
-//! in trainer.rs, which writes `metrics.jsonl` (metrics.rs) and atomic, resumable checkpoints
-//! (checkpoint.rs) into the run's output directory. Evaluation lives in `crate::eval`.
+//! LoRA fine-tuning runs (SFT, and DPO through dpo.rs): a validated [`TrainConfig`]
+//! (config.rs) drives the loop in trainer.rs, which writes `metrics.jsonl` (metrics.rs) and
+//! atomic, resumable checkpoints (checkpoint.rs) into the run's output directory. Evaluation
+//! lives in `crate::eval`.
 
 pub mod checkpoint; // TrainerState, save_checkpoint, load_checkpoint, latest_checkpoint
 pub mod config; // TrainConfig (TOML/JSON, validated), resolve_asset
+pub mod dpo; // DpoRun (data, plan, cached reference), dpo_backward: DPO training
 pub mod metrics; // Metrics: metrics.jsonl appends, trimmed on resume
 pub mod plan; // prepare_data (split + tokens), epoch_rows, plan_steps, micro_batch
 pub mod trainer; // train, RunOptions, TrainSummary, StepRecord, Event, install_signal_flag

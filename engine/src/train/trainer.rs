@@ -20,6 +20,9 @@
 //! - Stops: interruption (a flag, set by SIGINT/SIGTERM via [`install_signal_flag`]) and the
 //!   wall-clock budget are checked between steps (the budget with 1.5× the slowest step
 //!   plus the last save's time as a margin); both save a checkpoint and return normally.
+//! - DPO (`mapping.task_type = "dpo"`): train/dpo.rs supplies the data, the plan, the step's
+//!   gradients and the test evaluation (the mean DPO loss, recorded as the test loss); the
+//!   loop, budgets, checkpoints and metrics are shared.
 //! - Files in `output_dir`: `metrics.jsonl` (one JSON object per step, and per evaluation),
 //!   `checkpoints/` (checkpoint.rs) and `adapter/` (the final PEFT adapter).
 
@@ -33,11 +36,12 @@ use serde_json::json;
 
 use super::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
 use super::config::{resolve_asset, TrainConfig};
+use super::dpo::DpoRun;
 use super::metrics::Metrics;
 use super::plan::{micro_batch, plan_steps, prepare_data};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
-use crate::data::{TextTokenizer, TokenizedSample};
+use crate::data::{Mapping, TextTokenizer, TokenizedSample};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalResult};
 use crate::lora::{LoraState, LoraWeights};
@@ -168,11 +172,29 @@ pub fn install_signal_flag() -> Result<Arc<AtomicBool>> {
 
 /// Config fields a resume must not change.
 fn plan_fields(cfg: &TrainConfig) -> serde_json::Value {
-    json!({
+    let mut v = json!({
         "seed": cfg.seed, "micro_batch": cfg.micro_batch, "grad_accum": cfg.grad_accum,
         "seq_len": cfg.seq_len, "packing": cfg.packing, "lora": cfg.lora,
         "mapping": cfg.mapping, "dataset": cfg.dataset,
-    })
+    });
+    if matches!(cfg.mapping, Mapping::Dpo(_)) {
+        v["dpo_beta"] = json!(cfg.dpo_beta);
+    }
+    v
+}
+
+/// The test evaluation: the DPO loss of `dpo`'s test pairs, else the SFT loss of `test`.
+fn evaluate_test(
+    model: &mut Llama<CpuBackend<f32>>,
+    lora: Option<&LoraState<CpuBackend<f32>>>,
+    test: &[TokenizedSample],
+    dpo: Option<&mut DpoRun>,
+    cfg: &TrainConfig,
+) -> Result<EvalResult> {
+    match dpo {
+        Some(d) => Ok(d.evaluate(model, lora)?.as_eval_result()),
+        None => evaluate(model, lora, test, cfg.eval_batch),
+    }
 }
 
 /// Run (or resume) the training run `cfg`; `on_event` sees every step, evaluation and save.
@@ -218,12 +240,26 @@ pub fn train_model(
     let deadline = cfg
         .hours_to_complete
         .map(|h| t_start + Duration::from_secs_f64(h * 3600.0));
-    let (train_set, test_set) = prepare_data(cfg, tok)?;
+    let mut dpo = match &cfg.mapping {
+        Mapping::Dpo(m) => Some(DpoRun::prepare(cfg, m, tok)?),
+        _ => None,
+    };
+    let (train_set, test_set) = match dpo {
+        Some(_) => (Vec::new(), Vec::new()),
+        None => prepare_data(cfg, tok)?,
+    };
     let test_set: Vec<TokenizedSample> = match cfg.eval_samples {
         Some(n) => test_set.into_iter().take(n).collect(),
         None => test_set,
     };
-    let (plan, planned_reason) = plan_steps(&train_set, cfg)?;
+    let (plan, planned_reason) = match &dpo {
+        Some(d) => d.plan(cfg)?,
+        None => plan_steps(&train_set, cfg)?,
+    };
+    let (n_train, n_test) = match &dpo {
+        Some(d) => (d.train.len(), d.test.len()),
+        None => (train_set.len(), test_set.len()),
+    };
     let total = plan.len() as u64;
     let schedule = Schedule::new(
         cfg.schedule_kind()?,
@@ -288,19 +324,23 @@ pub fn train_model(
     }
     let mut lora = LoraState::upload(&be, &lw)?;
     let mut grads = lora.zeros_grads(&be)?;
+    let mut scratch = match dpo {
+        Some(_) => Some(lora.zeros_grads(&be)?),
+        None => None,
+    };
     let mut metrics = Metrics::open(&out.join("metrics.jsonl"), state.step)?;
     let resumed_from = state.step;
     on_event(Event::Start {
-        train_samples: train_set.len(),
-        test_samples: test_set.len(),
+        train_samples: n_train,
+        test_samples: n_test,
         total_steps: total,
         first_step: state.step,
     });
 
-    let run_eval = !cfg.skip_eval && !test_set.is_empty();
+    let run_eval = !cfg.skip_eval && n_test > 0;
     let mut base_test_loss = None;
     if run_eval {
-        let r = evaluate(&mut model, None, &test_set, cfg.eval_batch)?;
+        let r = evaluate_test(&mut model, None, &test_set, dpo.as_mut(), cfg)?;
         metrics.append(
             &json!({"step": state.step, "base_test_loss": r.mean_loss, "test_tokens": r.tokens}),
         )?;
@@ -312,7 +352,6 @@ pub fn train_model(
         base_test_loss = Some(r.mean_loss);
     }
 
-    let vocab = mcfg.vocab_size;
     let mut losses = Vec::new();
     let mut train_secs = 0.0f64;
     let mut run_tokens = 0u64;
@@ -336,34 +375,14 @@ pub fn train_model(
         }
         let sp = &plan[state.step as usize];
         let t0 = Instant::now();
-        let batches: Vec<Batch> = sp
-            .micro
-            .iter()
-            .map(|rows| micro_batch(&train_set, rows, cfg, vocab))
-            .collect::<Result<_>>()?;
-        let targets: usize = batches.iter().map(|b| b.num_targets()).sum();
-        let scale = if targets > 0 {
-            1.0 / targets as f32
-        } else {
-            0.0
-        };
-        let mut sum_loss = 0.0f64;
-        for (i, batch) in batches.iter().enumerate() {
-            let so = StepOptions {
-                recompute: cfg.recompute,
-                seed: cfg.seed,
-                step: state.step * cfg.grad_accum as u64 + i as u64,
-                loss_scale: Some(scale),
-                // Micro-batches after the first add into the step's gradients.
-                accumulate: i > 0,
-            };
-            let st = model.forward_backward(batch, &lora, &mut grads, &so)?;
-            sum_loss += st.sum_loss;
-        }
-        let loss = if targets > 0 {
-            sum_loss / targets as f64
-        } else {
-            0.0
+        let (loss, targets) = match (dpo.as_mut(), scratch.as_mut()) {
+            (Some(d), Some(scratch)) => {
+                let st = d.step(&mut model, &lora, &mut grads, scratch, sp, cfg, state.step)?;
+                (st.loss, st.targets)
+            }
+            _ => sft_step(
+                &mut model, &lora, &mut grads, &train_set, sp, cfg, state.step,
+            )?,
         };
         let step_no = state.step + 1;
         let good = || match &last_ckpt {
@@ -423,7 +442,7 @@ pub fn train_model(
         on_event(Event::Step(&rec));
         let last = state.step as usize == plan.len();
         if run_eval && cfg.eval_every > 0 && step_no % cfg.eval_every == 0 && !last {
-            let r = evaluate(&mut model, Some(&lora), &test_set, cfg.eval_batch)?;
+            let r = evaluate_test(&mut model, Some(&lora), &test_set, dpo.as_mut(), cfg)?;
             metrics.append(
                 &json!({"step": step_no, "test_loss": r.mean_loss, "test_tokens": r.tokens}),
             )?;
@@ -463,7 +482,7 @@ pub fn train_model(
     lw.save(&adapter_dir, base_name)?;
     let mut final_test_loss = None;
     if run_eval {
-        let r = evaluate(&mut model, Some(&lora), &test_set, cfg.eval_batch)?;
+        let r = evaluate_test(&mut model, Some(&lora), &test_set, dpo.as_mut(), cfg)?;
         metrics.append(
             &json!({"step": state.step, "test_loss": r.mean_loss, "test_tokens": r.tokens}),
         )?;
@@ -490,4 +509,48 @@ pub fn train_model(
         adapter_dir,
         checkpoint_dir: ckpt,
     })
+}
+
+/// One SFT step's gradients into `grads`: every micro-batch's gradient with `loss_scale =
+/// 1 / targets of the whole step`, summed; returns the mean loss and the targets.
+fn sft_step(
+    model: &mut Llama<CpuBackend<f32>>,
+    lora: &LoraState<CpuBackend<f32>>,
+    grads: &mut crate::lora::LoraGrads<CpuBackend<f32>>,
+    train_set: &[TokenizedSample],
+    sp: &super::plan::StepPlan,
+    cfg: &TrainConfig,
+    step: u64,
+) -> Result<(f64, usize)> {
+    let vocab = model.config().vocab_size;
+    let batches: Vec<Batch> = sp
+        .micro
+        .iter()
+        .map(|rows| micro_batch(train_set, rows, cfg, vocab))
+        .collect::<Result<_>>()?;
+    let targets: usize = batches.iter().map(|b| b.num_targets()).sum();
+    let scale = if targets > 0 {
+        1.0 / targets as f32
+    } else {
+        0.0
+    };
+    let mut sum_loss = 0.0f64;
+    for (i, batch) in batches.iter().enumerate() {
+        let so = StepOptions {
+            recompute: cfg.recompute,
+            seed: cfg.seed,
+            step: step * cfg.grad_accum as u64 + i as u64,
+            loss_scale: Some(scale),
+            // Micro-batches after the first add into the step's gradients.
+            accumulate: i > 0,
+        };
+        let st = model.forward_backward(batch, lora, grads, &so)?;
+        sum_loss += st.sum_loss;
+    }
+    let loss = if targets > 0 {
+        sum_loss / targets as f64
+    } else {
+        0.0
+    };
+    Ok((loss, targets))
 }
