@@ -1,8 +1,10 @@
 // kernels/attention.cu: causal GQA attention forward with packed samples and an online
-// softmax, saving the log-sum-exp for the backward. A simple, deterministic first version
-// (one warp per query token and head, CUDA cores only); a tiled tensor-core kernel replaces it
-// later with the same contract. Neighbours: common.cuh (warp reductions), rope.cu.
-#include "common.cuh"
+// softmax, saving the log-sum-exp for the backward (attention_backward.cu). Two kernels with one
+// contract: a tiled one for head_dim 64 and 128 (query × key tiles in shared memory, CUDA cores)
+// and a simple one for any head_dim up to 256 (one warp per query token and head). (A tiled
+// hd 32 instance spills a few registers under ptxas 13.0, so hd 32 takes the simple kernel.)
+// Neighbours: attention_tiles.cuh (tiles), common.cuh (warp reductions), rope.cu.
+#include "attention_tiles.cuh"
 
 // Largest head_dim supported (each lane keeps ATTN_MAX_HD/32 output accumulators).
 #define ATTN_MAX_HD 256
@@ -73,6 +75,106 @@ __device__ void attention_forward_impl(T* __restrict__ out, float* __restrict__ 
   if (lane == 0) lse[(size_t)t * heads + h] = empty ? NAN : m + logf(l);
 }
 
+// The same contract as attention_forward_impl, for hd = HD ∈ {64, 128}, per query tile
+// q0 … q0+BQ−1 (in-row) of batch row blockIdx.y and query head blockIdx.z.
+// Launch: grid (ceil(seq/BQ), batch, heads), block (ATTN_TILE_THREADS), dynamic shared memory
+// AttnTiles<HD, BQ, BK>::WORDS·4 bytes (attention_tiles.cuh, which has the BQ×BK table).
+// Per key tile k0 = ⌊min start/BK⌋·BK, … up to the last query: scores S = scale·Q·Kᵀ (masked
+// entries −∞; each dot over d in order), then one thread per query row updates the running max
+// m and sum l (keys in order) and turns S into exp(S − m); the output accumulators are rescaled
+// by exp(m_old − m) and add P·V (keys in order). out = acc / l, lse = m + log l.
+// Accumulation: fp32; thread tid owns column d = tid % HD of rows tid / HD + (THREADS/HD)·c.
+// Deterministic: one thread per output element and row statistic, fixed orders, no atomics.
+template <class T, int HD, int BQ, int BK>
+__device__ void attention_forward_tiled_impl(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q,
+                                             const T* __restrict__ k, const T* __restrict__ v,
+                                             const int* __restrict__ starts, int seq, int heads, int kv_heads,
+                                             float scale) {
+  typedef AttnTiles<HD, BQ, BK> L;
+  static_assert(ATTN_TILE_THREADS % HD == 0 && (BQ * BK) % ATTN_TILE_THREADS == 0, "tile split");
+  constexpr int PER = BQ * HD / ATTN_TILE_THREADS, RSTEP = ATTN_TILE_THREADS / HD;
+  DYN_SMEM(float, sm);
+  float* m = sm + L::L;     // running max per query row
+  float* l = sm + L::D;     // running sum per query row
+  float* corr = sm + L::DS;  // this tile's rescale factor per query row
+  int* st = reinterpret_cast<int*>(sm + L::ST);
+  const int q0 = blockIdx.x * BQ, h = blockIdx.z;
+  const size_t row0 = (size_t)blockIdx.y * seq;
+  const int g = h / (heads / kv_heads);
+  const size_t qw = (size_t)heads * HD, kw = (size_t)kv_heads * HD;
+  const int qn = seq - q0 < BQ ? seq - q0 : BQ;
+  const int d = threadIdx.x % HD, r0 = threadIdx.x / HD;
+  attn_load_tile<T, HD, BQ>(sm + L::Q, q + (row0 + q0) * qw + (size_t)h * HD, qw, qn);
+  for (int i = threadIdx.x; i < BQ; i += ATTN_TILE_THREADS) {
+    st[i] = i < qn ? starts[row0 + q0 + i] : 0x7fffffff;
+    m[i] = -INFINITY;
+    l[i] = 0.f;
+  }
+  const int smin = attn_min_start(starts + row0 + q0, qn);
+  float acc[PER];
+  ATTN_UNROLL
+  for (int c = 0; c < PER; ++c) acc[c] = 0.f;
+  for (int k0 = smin / BK * BK; k0 < q0 + qn; k0 += BK) {
+    const int kn = seq - k0 < BK ? seq - k0 : BK;
+    __syncthreads();  // Q and the row state loaded; the previous tile's readers are done
+    attn_load_tile<T, HD, BK>(sm + L::K, k + (row0 + k0) * kw + (size_t)g * HD, kw, kn);
+    attn_load_tile<T, HD, BK>(sm + L::V, v + (row0 + k0) * kw + (size_t)g * HD, kw, kn);
+    __syncthreads();
+    for (int c = 0; c < BQ * BK / ATTN_TILE_THREADS; ++c) {
+      const int e = threadIdx.x + ATTN_TILE_THREADS * c;
+      const int i = e / BK, j = e % BK;
+      const int qi = q0 + i, kj = k0 + j;
+      float s = -INFINITY;
+      if (kj <= qi && kj >= st[i]) {
+        const float* qr = sm + L::Q + i * L::LD;
+        const float* kr = sm + L::K + j * L::LD;
+        float dot = 0.f;
+        for (int dd = 0; dd < HD; ++dd) dot += qr[dd] * kr[dd];
+        s = dot * scale;
+      }
+      sm[L::P + i * L::LS + j] = s;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < BQ; i += ATTN_TILE_THREADS) {
+      float* pr = sm + L::P + i * L::LS;
+      float mx = m[i];
+      for (int j = 0; j < BK; ++j) mx = fmaxf(mx, pr[j]);
+      // Until a row has seen a key, m = mx = −∞: shift by 0 instead, so every exp is of −∞ (0).
+      const float base = mx == -INFINITY ? 0.f : mx;
+      const float cf = expf(m[i] - base);  // 0 when m was −∞
+      float sum = 0.f;
+      for (int j = 0; j < BK; ++j) {
+        const float p = expf(pr[j] - base);  // 0 for masked (−∞) entries
+        pr[j] = p;
+        sum += p;
+      }
+      l[i] = l[i] * cf + sum;
+      m[i] = mx;
+      corr[i] = cf;
+    }
+    __syncthreads();
+    ATTN_UNROLL
+    for (int c = 0; c < PER; ++c) acc[c] *= corr[r0 + RSTEP * c];
+    for (int j = 0; j < BK; ++j) {
+      ATTN_UNROLL
+      for (int c = 0; c < PER; ++c) acc[c] += sm[L::P + (r0 + RSTEP * c) * L::LS + j] * sm[L::V + j * L::LD + d];
+    }
+  }
+  ATTN_UNROLL
+  for (int c = 0; c < PER; ++c) {
+    const int i = r0 + RSTEP * c;
+    if (i < qn) out[(row0 + q0 + i) * qw + (size_t)h * HD + d] = from_f32<T>(__fdividef(acc[c], l[i]));
+  }
+  for (int i = threadIdx.x; i < qn; i += ATTN_TILE_THREADS) lse[(row0 + q0 + i) * heads + h] = m[i] + logf(l[i]);
+}
+
+#define ATTENTION_FORWARD_TILED(T, S, HD, BQ, BK)                                                          \
+  extern "C" __global__ void __launch_bounds__(ATTN_TILE_THREADS)                                         \
+      attention_forward_tiled_hd##HD##_##S(T* out, float* lse, const T* q, const T* k, const T* v,         \
+                                           const int* starts, int seq, int heads, int kv_heads, float scale) { \
+    attention_forward_tiled_impl<T, HD, BQ, BK>(out, lse, q, k, v, starts, seq, heads, kv_heads, scale);    \
+  }
+
 #define ATTENTION_KERNELS(T, S)                                                                            \
   extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS)                                             \
       attention_forward_##S(T* out, float* lse, const T* q, const T* k, const T* v, const int* starts, int n, \
@@ -81,3 +183,7 @@ __device__ void attention_forward_impl(T* __restrict__ out, float* __restrict__ 
   }
 ATTENTION_KERNELS(float, f32)
 ATTENTION_KERNELS(bf16, bf16)
+ATTENTION_FORWARD_TILED(float, f32, 64, 32, 32)
+ATTENTION_FORWARD_TILED(float, f32, 128, 16, 16)
+ATTENTION_FORWARD_TILED(bf16, bf16, 64, 32, 32)
+ATTENTION_FORWARD_TILED(bf16, bf16, 128, 16, 16)

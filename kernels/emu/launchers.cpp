@@ -7,6 +7,7 @@
 
 #include "../adamw.cu"
 #include "../attention.cu"
+#include "../attention_backward.cu"
 #include "../cast.cu"
 #include "../cross_entropy.cu"
 #include "../embedding.cu"
@@ -46,8 +47,35 @@
                 int heads, int kv_heads, int hd, float scale),                                           \
                (out, lse, q, k, v, starts, n, seq, heads, kv_heads, hd, scale))
 
+// attention.cu's tiled forward per head_dim; attention_backward.cu: one dot kernel and a dkdv/dq
+// pair per head_dim.
+#define EMU_ATTN_BWD_HD(S, T, HD)                                                                        \
+  EMU_LAUNCHER(attention_backward_dkdv_hd##HD##_##S,                                                     \
+               (T * dk, T* dv, const T* q, const T* k, const T* v, const T* dout, const float* lse,      \
+                const float* dsum, const int* starts, int seq, int heads, int kv_heads, float scale),    \
+               (dk, dv, q, k, v, dout, lse, dsum, starts, seq, heads, kv_heads, scale))                  \
+  EMU_LAUNCHER(attention_backward_dq_hd##HD##_##S,                                                       \
+               (T * dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,             \
+                const float* dsum, const int* starts, int seq, int heads, int kv_heads, float scale),    \
+               (dq, q, k, v, dout, lse, dsum, starts, seq, heads, kv_heads, scale))
+#define EMU_ATTN_FWD_TILED(S, T, HD)                                                                     \
+  EMU_LAUNCHER(attention_forward_tiled_hd##HD##_##S,                                                     \
+               (T * out, float* lse, const T* q, const T* k, const T* v, const int* starts, int seq,     \
+                int heads, int kv_heads, float scale),                                                   \
+               (out, lse, q, k, v, starts, seq, heads, kv_heads, scale))
+#define EMU_ATTN_BWD(S, T)                                                                               \
+  EMU_ATTN_FWD_TILED(S, T, 64)                                                                           \
+  EMU_ATTN_FWD_TILED(S, T, 128)                                                                          \
+  EMU_LAUNCHER(attention_backward_dot_##S, (float* dsum, const T* dout, const T* out, int n, int heads, int hd), \
+               (dsum, dout, out, n, heads, hd))                                                          \
+  EMU_ATTN_BWD_HD(S, T, 32)                                                                              \
+  EMU_ATTN_BWD_HD(S, T, 64)                                                                              \
+  EMU_ATTN_BWD_HD(S, T, 128)
+
 EMU_TYPED(f32, float)
 EMU_TYPED(bf16, bf16)
+EMU_ATTN_BWD(f32, float)
+EMU_ATTN_BWD(bf16, bf16)
 EMU_LAUNCHER(adamw_f32,
              (float* p, const float* g, float* m, float* v, size_t len, float b1, float b2, float eps, float decay,
               float step_size, float bc2_sqrt),
