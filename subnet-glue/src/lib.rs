@@ -5,3 +5,6 @@
 //! Nothing here changes the engine: the subnet runs every method through the engine's own
 //! trainer and evaluator (gradients-engine), so hardware can never decide a match.
 #![deny(missing_docs)]
+
+pub mod chain;
+pub mod weights; // tournament pools, boost, rank decay, burn; u16 quantisation as the SDK does it // Chain trait; LocalChain (SQLite chain_* tables), commit-reveal v2, Yuma epochs

@@ -4,6 +4,7 @@
 //! `anyhow::Result` so every failure reaches the user as one clear message with its context.
 
 mod bench; // gradients bench: train/eval tokens/s and peak RSS on a real model
+mod cli_chain; // gradients chain init|register|stake|set-weights|advance|epoch|metagraph
 mod eval; // gradients eval: SFT test loss (per sample and mean), with or without an adapter
 mod generate; // gradients generate: greedy decoding, optionally with an adapter
 mod inspect; // gradients inspect MODEL
@@ -32,6 +33,8 @@ enum Command {
     Train(train::Args),
     /// SFT test loss of a model, optionally with an adapter, as one JSON object.
     Eval(eval::Args),
+    /// The embedded chain: metagraph, weights, block clock and Yuma epochs (SQLite).
+    Chain(cli_chain::Args),
 }
 
 fn main() {
@@ -42,6 +45,7 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Chain(args) => cli_chain::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
