@@ -4,6 +4,8 @@
 //! `anyhow::Result` so every failure reaches the user as one clear message with its context.
 
 mod bench; // gradients bench: train/eval tokens/s and peak RSS on a real model
+mod cli_method; // gradients method check: a miner's method normalised, with its hash
+mod cli_task; // gradients task create|list|show: task intake and the stored tasks
 mod eval; // gradients eval: SFT test loss (per sample and mean), with or without an adapter
 mod generate; // gradients generate: greedy decoding, optionally with an adapter
 mod inspect; // gradients inspect MODEL
@@ -32,6 +34,10 @@ enum Command {
     Train(train::Args),
     /// SFT test loss of a model, optionally with an adapter, as one JSON object.
     Eval(eval::Args),
+    /// Training tasks: create (validated intake), list, show.
+    Task(cli_task::Args),
+    /// Miners' methods: check a method file and print its hash.
+    Method(cli_method::Args),
 }
 
 fn main() {
@@ -42,6 +48,8 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Task(args) => cli_task::run(args),
+        Command::Method(args) => cli_method::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
