@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use gradients_subnet::store::Store;
-use gradients_subnet::task::{create_task, get_task, list_tasks, load_split, task_events, TaskSpec};
+use gradients_subnet::task::{
+    create_task, get_task, list_tasks, load_split, task_events, TaskSpec,
+};
 
 /// Flags of `gradients task`.
 #[derive(clap::Args)]

@@ -38,7 +38,11 @@ impl Fields {
             }),
             other => Err(Error::config(
                 source,
-                if prefix.is_empty() { "(top level)" } else { prefix },
+                if prefix.is_empty() {
+                    "(top level)"
+                } else {
+                    prefix
+                },
                 format!("expected a table, got {}", kind(&other)),
             )),
         }
@@ -147,13 +151,21 @@ mod tests {
             assert_eq!(f.req::<u32>("a").unwrap(), 1);
             let mut s = f.section("s").unwrap().unwrap();
             let e = s.opt::<u32>("b").unwrap_err().to_string();
-            assert!(e.contains("field `s.b`") && e.contains("invalid type"), "{e}");
+            assert!(
+                e.contains("field `s.b`") && e.contains("invalid type"),
+                "{e}"
+            );
             let e = s.finish(&["b"]).unwrap_err().to_string();
-            assert!(e.contains("`s.extra`") && e.contains("unknown field"), "{e}");
+            assert!(
+                e.contains("`s.extra`") && e.contains("unknown field"),
+                "{e}"
+            );
             assert!(f.req::<u32>("zz").unwrap_err().to_string().contains("`zz`"));
             f.finish(&[]).unwrap();
         }
-        let e = parse_text("a = ", "file.toml", false).unwrap_err().to_string();
+        let e = parse_text("a = ", "file.toml", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("file.toml"), "{e}");
     }
 }

@@ -339,11 +339,21 @@ impl Method {
             return Err(Error::config(source, "name", "at most 64 characters"));
         }
         let l = &self.lora;
-        range_u(source, "lora.r", l.r as u64, R_RANGE.0 as u64, R_RANGE.1 as u64)?;
+        range_u(
+            source,
+            "lora.r",
+            l.r as u64,
+            R_RANGE.0 as u64,
+            R_RANGE.1 as u64,
+        )?;
         range_f(source, "lora.alpha", l.alpha, f64::MIN_POSITIVE, 4096.0)?;
         range_f(source, "lora.dropout", l.dropout, 0.0, 0.5)?;
         if l.targets.is_empty() {
-            return Err(Error::config(source, "lora.targets", "must name at least one module"));
+            return Err(Error::config(
+                source,
+                "lora.targets",
+                "must name at least one module",
+            ));
         }
         for (i, t) in l.targets.iter().enumerate() {
             if Target::parse(t).is_none() {
@@ -361,7 +371,13 @@ impl Method {
         }
         range_f(source, "optimizer.eps", o.eps, 1e-12, 1e-3)?;
         range_f(source, "optimizer.weight_decay", o.weight_decay, 0.0, 1.0)?;
-        range_f(source, "optimizer.max_grad_norm", o.max_grad_norm, 0.01, 100.0)?;
+        range_f(
+            source,
+            "optimizer.max_grad_norm",
+            o.max_grad_norm,
+            0.01,
+            100.0,
+        )?;
         if !["constant_with_warmup", "linear", "cosine"].contains(&self.schedule.kind.as_str()) {
             return Err(Error::config(
                 source,
@@ -372,7 +388,13 @@ impl Method {
                 ),
             ));
         }
-        range_f(source, "schedule.warmup_fraction", self.schedule.warmup_fraction, 0.0, 0.5)?;
+        range_f(
+            source,
+            "schedule.warmup_fraction",
+            self.schedule.warmup_fraction,
+            0.0,
+            0.5,
+        )?;
         let t = &self.train;
         range_u(source, "train.micro_batch", t.micro_batch as u64, 1, 64)?;
         range_u(source, "train.grad_accum", t.grad_accum as u64, 1, 64)?;
@@ -389,16 +411,36 @@ impl Method {
         range_u(source, "budget.eval_samples", b.eval_samples as u64, 1, 400)?;
         if let Some(s) = &self.search {
             if s.lr.is_empty() || s.lr.len() > 8 {
-                return Err(Error::config(source, "search.lr", format!("needs 1 to 8 values, got {}", s.lr.len())));
+                return Err(Error::config(
+                    source,
+                    "search.lr",
+                    format!("needs 1 to 8 values, got {}", s.lr.len()),
+                ));
             }
             for (i, v) in s.lr.iter().enumerate() {
-                range_f(source, &format!("search.lr[{i}]"), *v, LR_RANGE.0, LR_RANGE.1)?;
+                range_f(
+                    source,
+                    &format!("search.lr[{i}]"),
+                    *v,
+                    LR_RANGE.0,
+                    LR_RANGE.1,
+                )?;
             }
             if s.r.is_empty() || s.r.len() > 4 {
-                return Err(Error::config(source, "search.r", format!("needs 1 to 4 values, got {}", s.r.len())));
+                return Err(Error::config(
+                    source,
+                    "search.r",
+                    format!("needs 1 to 4 values, got {}", s.r.len()),
+                ));
             }
             for (i, v) in s.r.iter().enumerate() {
-                range_u(source, &format!("search.r[{i}]"), *v as u64, R_RANGE.0 as u64, R_RANGE.1 as u64)?;
+                range_u(
+                    source,
+                    &format!("search.r[{i}]"),
+                    *v as u64,
+                    R_RANGE.0 as u64,
+                    R_RANGE.1 as u64,
+                )?;
             }
             if s.lr.len() * s.r.len() < 2 {
                 return Err(Error::config(
@@ -439,11 +481,11 @@ impl Method {
     pub fn candidates(&self) -> Vec<(f64, usize)> {
         match &self.search {
             None => Vec::new(),
-            Some(s) => s
-                .lr
-                .iter()
-                .flat_map(|&lr| s.r.iter().map(move |&r| (lr, r)))
-                .collect(),
+            Some(s) => {
+                s.lr.iter()
+                    .flat_map(|&lr| s.r.iter().map(move |&r| (lr, r)))
+                    .collect()
+            }
         }
     }
 }

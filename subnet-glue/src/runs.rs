@@ -78,7 +78,10 @@ fn config(
     out: &Path,
     opts: &ValidatorOptions,
 ) -> Result<TrainConfig> {
-    let seq_len = m.train.seq_len.min(base.config.max_position_embeddings.max(2));
+    let seq_len = m
+        .train
+        .seq_len
+        .min(base.config.max_position_embeddings.max(2));
     let v = json!({
         "model": task.base_model, "dataset": data, "mapping": task.mapping, "output_dir": out,
         "lora": {"r": spec.r, "alpha": m.lora.alpha, "dropout": m.lora.dropout,
@@ -95,8 +98,8 @@ fn config(
         "skip_eval": !spec.eval,
     });
     let source = format!("method {}", m.hash());
-    let mut cfg: TrainConfig =
-        serde_json::from_value(v).map_err(|e| Error::config(&source, "train config", e.to_string()))?;
+    let mut cfg: TrainConfig = serde_json::from_value(v)
+        .map_err(|e| Error::config(&source, "train config", e.to_string()))?;
     cfg.validate(&source)?;
     let (train, _) = prepare_data(&cfg, base.tokenizer.as_ref())?;
     let (plan, _) = plan_steps(&train, &cfg)?;
@@ -135,7 +138,11 @@ fn train_once(cfg: &TrainConfig, base: &BaseModel, best: bool) -> Result<(TrainS
     let mut best_seen: Option<f64> = None;
     let mut failure: Option<Error> = None;
     let mut on_event = |e: Event<'_>| match e {
-        Event::Eval { step, adapter: true, result } => last_eval = Some((step, result.mean_loss)),
+        Event::Eval {
+            step,
+            adapter: true,
+            result,
+        } => last_eval = Some((step, result.mean_loss)),
         Event::Checkpoint { step, dir } if best && failure.is_none() => {
             if let Some((s, loss)) = last_eval {
                 if s == step && best_seen.is_none_or(|b| loss < b) {
@@ -206,7 +213,11 @@ pub fn run_method(
             }
             sizes.push(next);
         }
-        let denom: u64 = sizes.iter().enumerate().map(|(k, &n)| (n as u64) << k).sum();
+        let denom: u64 = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| (n as u64) << k)
+            .sum();
         let s_budget = (spent as f64 * sp.fraction).floor() as u64;
         let b0 = (s_budget / denom).max(1);
         let mut alive: Vec<usize> = (0..cands.len()).collect();
@@ -230,7 +241,14 @@ pub fn run_method(
                 let (s, _) = train_once(&cfg, base, false)?;
                 used += s.tokens;
                 let loss = s.final_test_loss.filter(|l| l.is_finite());
-                search.push(Candidate { lr: clr, r: cr, rung: k as u32, token_budget: budget, tokens: s.tokens, holdout_loss: loss });
+                search.push(Candidate {
+                    lr: clr,
+                    r: cr,
+                    rung: k as u32,
+                    token_budget: budget,
+                    tokens: s.tokens,
+                    holdout_loss: loss,
+                });
                 scored.push((i, loss));
             }
             // best first: finite losses ascending, then missing; ties by candidate order

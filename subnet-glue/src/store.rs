@@ -161,7 +161,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/state.db");
         let s = Store::open(&path).unwrap();
-        let steps = ["CREATE TABLE a (x INTEGER)", "ALTER TABLE a ADD COLUMN y TEXT"];
+        let steps = [
+            "CREATE TABLE a (x INTEGER)",
+            "ALTER TABLE a ADD COLUMN y TEXT",
+        ];
         assert_eq!(s.migrate("demo", &steps).unwrap(), 2);
         assert_eq!(s.migrate("demo", &steps).unwrap(), 0);
         assert_eq!(s.schema_version("demo").unwrap(), 2);

@@ -517,8 +517,14 @@ pub fn create_task(store: &Store, spec: &TaskSpec) -> Result<Intake> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
-            let seed = format!("{dataset_sha256}|{}|{mapping_json}|{nanos}", base_model.display());
-            format!("task-{}", &hex::encode(Sha256::digest(seed.as_bytes()))[..12])
+            let seed = format!(
+                "{dataset_sha256}|{}|{mapping_json}|{nanos}",
+                base_model.display()
+            );
+            format!(
+                "task-{}",
+                &hex::encode(Sha256::digest(seed.as_bytes()))[..12]
+            )
         }
     };
     let task = Task {
@@ -562,7 +568,9 @@ pub fn create_task(store: &Store, spec: &TaskSpec) -> Result<Intake> {
             task.base_model.to_string_lossy(),
             task.dataset.to_string_lossy(),
             task.dataset_sha256,
-            task.test_data.as_ref().map(|p| p.to_string_lossy().to_string()),
+            task.test_data
+                .as_ref()
+                .map(|p| p.to_string_lossy().to_string()),
             mapping_json,
             task.hours_to_complete,
             task.split_seed as i64,
@@ -616,7 +624,11 @@ fn record_event(
     Ok(())
 }
 
-fn current_status(store: &Store, tx: &rusqlite::Transaction<'_>, task_id: &str) -> Result<TaskStatus> {
+fn current_status(
+    store: &Store,
+    tx: &rusqlite::Transaction<'_>,
+    task_id: &str,
+) -> Result<TaskStatus> {
     let s: Option<String> = tx
         .query_row(
             "SELECT status FROM tasks WHERE task_id = ?1",
@@ -661,7 +673,12 @@ fn move_status(
 
 /// Move task `task_id` one legal step to `next` (a note is kept in its history; for
 /// failure it is the reason). Illegal transitions are errors naming both states.
-pub fn set_status(store: &Store, task_id: &str, next: TaskStatus, note: Option<&str>) -> Result<()> {
+pub fn set_status(
+    store: &Store,
+    task_id: &str,
+    next: TaskStatus,
+    note: Option<&str>,
+) -> Result<()> {
     let tx = store.transaction()?;
     move_status(store, &tx, task_id, next, note)?;
     tx.commit().map_err(|e| store.err(e))
@@ -838,7 +855,11 @@ mod tests {
         ];
         for a in TaskStatus::ALL {
             for b in TaskStatus::ALL {
-                assert_eq!(a.can_move_to(b), legal.contains(&(a, b)) || (b == Failure && !a.is_terminal()), "{a:?} → {b:?}");
+                assert_eq!(
+                    a.can_move_to(b),
+                    legal.contains(&(a, b)) || (b == Failure && !a.is_terminal()),
+                    "{a:?} → {b:?}"
+                );
             }
             assert_eq!(TaskStatus::parse(a.as_str()).unwrap(), a);
         }
@@ -863,7 +884,10 @@ mod tests {
             assert!(s.synth[..k].iter().all(|r| s.train.contains(r)));
             assert_eq!(&s.synth[k..], &s.holdback[..]);
         }
-        assert_ne!(make_split(1000, None, 42).unwrap().test, make_split(1000, None, 7).unwrap().test);
+        assert_ne!(
+            make_split(1000, None, 42).unwrap().test,
+            make_split(1000, None, 7).unwrap().test
+        );
         assert!(make_split(1, None, 42).is_err());
     }
 }

@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gradients_engine::backend::cpu::CpuBackend;
-use gradients_engine::data::{tokenize_sft, Record, TextTokenizer, TokenizeOptions, TokenizedSample, Truncation};
+use gradients_engine::data::{
+    tokenize_sft, Record, TextTokenizer, TokenizeOptions, TokenizedSample, Truncation,
+};
 use gradients_engine::eval::{eval_seq_len, evaluate};
 use gradients_engine::lora::{LoraState, LoraWeights};
 use gradients_engine::model::load::load_model;
@@ -309,7 +311,9 @@ fn stored(store: &Store, task_id: &str, hash: &str) -> Result<Option<StoredResul
     let raw = store
         .conn()
         .query_row(
-            &format!("SELECT {RESULT_COLUMNS} FROM results WHERE task_id = ?1 AND method_hash = ?2"),
+            &format!(
+                "SELECT {RESULT_COLUMNS} FROM results WHERE task_id = ?1 AND method_hash = ?2"
+            ),
             params![task_id, hash],
             result_from_row,
         )
@@ -327,7 +331,9 @@ pub fn load_result(store: &Store, task_id: &str, hash: &str) -> Result<Option<Me
 pub fn task_results(store: &Store, task_id: &str) -> Result<Vec<MethodResult>> {
     let mut st = store
         .conn()
-        .prepare(&format!("SELECT {RESULT_COLUMNS} FROM results WHERE task_id = ?1 ORDER BY seq"))
+        .prepare(&format!(
+            "SELECT {RESULT_COLUMNS} FROM results WHERE task_id = ?1 ORDER BY seq"
+        ))
         .map_err(|e| store.err(e))?;
     let raws = st
         .query_map(params![task_id], result_from_row)
@@ -339,11 +345,20 @@ pub fn task_results(store: &Store, task_id: &str) -> Result<Vec<MethodResult>> {
         .collect()
 }
 
-fn save_result(store: &Store, r: &MethodResult, opts: &ValidatorOptions, attempts: u32) -> Result<i64> {
+fn save_result(
+    store: &Store,
+    r: &MethodResult,
+    opts: &ValidatorOptions,
+    attempts: u32,
+) -> Result<i64> {
     let fin = |v: f64| (!v.is_nan()).then_some(v);
-    let rows: Vec<u8> = r.test_rows.iter().flat_map(|&x| (x as u64).to_le_bytes()).collect();
-    let search = serde_json::to_string(&r.search)
-        .map_err(|e| Error::format(store.path(), e.to_string()))?;
+    let rows: Vec<u8> = r
+        .test_rows
+        .iter()
+        .flat_map(|&x| (x as u64).to_le_bytes())
+        .collect();
+    let search =
+        serde_json::to_string(&r.search).map_err(|e| Error::format(store.path(), e.to_string()))?;
     let tx = store.transaction()?;
     tx.execute(
         "DELETE FROM results WHERE task_id = ?1 AND method_hash = ?2",
@@ -364,7 +379,9 @@ fn save_result(store: &Store, r: &MethodResult, opts: &ValidatorOptions, attempt
             f64s(&r.per_sample_test),
             rows,
             r.adapter_sha256,
-            r.adapter_dir.as_ref().map(|p| p.to_string_lossy().to_string()),
+            r.adapter_dir
+                .as_ref()
+                .map(|p| p.to_string_lossy().to_string()),
             r.failed,
             r.tokens as i64,
             r.wall_s,
@@ -395,7 +412,10 @@ fn eval_samples(
         .iter()
         .map(|&r| {
             records.get(r).cloned().ok_or_else(|| {
-                Error::format(file, format!("split row {r} is beyond the file's {} rows", records.len()))
+                Error::format(
+                    file,
+                    format!("split row {r} is beyond the file's {} rows", records.len()),
+                )
             })
         })
         .collect::<Result<_>>()?;
@@ -407,7 +427,8 @@ fn eval_samples(
         seq_len,
         truncation: Truncation::TruncateTail,
     };
-    let (mut samples, _) = tokenize_sft(base.tokenizer.as_ref(), &task.mapping, &picked, file, topts)?;
+    let (mut samples, _) =
+        tokenize_sft(base.tokenizer.as_ref(), &task.mapping, &picked, file, topts)?;
     if let Some(k) = opts.max_eval_samples {
         samples.truncate(k);
     }
@@ -418,14 +439,21 @@ fn eval_samples(
 }
 
 /// Write the miner's view of the task (its train split) as JSONL; returns the file.
-fn write_train_split(task: &Task, records: &[Record], train: &[usize], work: &Path) -> Result<PathBuf> {
+fn write_train_split(
+    task: &Task,
+    records: &[Record],
+    train: &[usize],
+    work: &Path,
+) -> Result<PathBuf> {
     let path = work.join("train.jsonl");
     let mut text = String::new();
     for &r in train {
         let rec = records
             .get(r)
             .ok_or_else(|| Error::format(&task.dataset, format!("split row {r} out of range")))?;
-        text.push_str(&serde_json::to_string(rec).map_err(|e| Error::format(&path, e.to_string()))?);
+        text.push_str(
+            &serde_json::to_string(rec).map_err(|e| Error::format(&path, e.to_string()))?,
+        );
         text.push('\n');
     }
     std::fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
@@ -449,7 +477,10 @@ fn check_base(task: &Task, base: &BaseModel) -> Result<()> {
         return Err(Error::config(
             format!("task {}", task.task_id),
             "base_model",
-            format!("the model given to the validator is not {}", task.base_model.display()),
+            format!(
+                "the model given to the validator is not {}",
+                task.base_model.display()
+            ),
         ));
     }
     Ok(())
@@ -476,10 +507,18 @@ fn evaluate_attempt(
     retry_failed: bool,
 ) -> Result<MethodResult> {
     if opts.token_budget == 0 {
-        return Err(Error::config("validator options", "token_budget", "must be at least 1"));
+        return Err(Error::config(
+            "validator options",
+            "token_budget",
+            "must be at least 1",
+        ));
     }
     if opts.eval_batch == 0 {
-        return Err(Error::config("validator options", "eval_batch", "must be at least 1"));
+        return Err(Error::config(
+            "validator options",
+            "eval_batch",
+            "must be at least 1",
+        ));
     }
     method.validate("method")?;
     let hash = store_method(store, method)?;
@@ -557,14 +596,21 @@ fn run_and_score(
     let run = match run_method(task, method, base, &train_file, &run_dir, opts, cap) {
         Ok(run) => run,
         Err(e) => {
-            return Ok(MethodResult::failed(task, hash, format!("training failed: {e}"), 0, t0.elapsed().as_secs_f64()));
+            return Ok(MethodResult::failed(
+                task,
+                hash,
+                format!("training failed: {e}"),
+                0,
+                t0.elapsed().as_secs_f64(),
+            ));
         }
     };
     let lw = match LoraWeights::load(&run.adapter_dir, &base.config) {
         Ok(w) => w,
         Err(e) => {
             let why = format!("not a fine-tune of the base model: {e}");
-            let mut r = MethodResult::failed(task, hash, why, run.tokens, t0.elapsed().as_secs_f64());
+            let mut r =
+                MethodResult::failed(task, hash, why, run.tokens, t0.elapsed().as_secs_f64());
             r.search = run.search;
             return Ok(r);
         }
@@ -622,12 +668,19 @@ pub fn evaluate_task(
             .collect::<Result<Option<Vec<_>>>>()?;
         if let Some(results) = results {
             let scores = score_task(&results);
-            return Ok(TaskRun { results, scores, attempts: 0 });
+            return Ok(TaskRun {
+                results,
+                scores,
+                attempts: 0,
+            });
         }
         return Err(Error::config(
             format!("task {task_id}"),
             "status",
-            format!("the task is finished ({}) without results for every method", task.status.as_str()),
+            format!(
+                "the task is finished ({}) without results for every method",
+                task.status.as_str()
+            ),
         ));
     }
     advance_to(store, task_id, TaskStatus::Training)?;
@@ -646,7 +699,11 @@ pub fn evaluate_task(
         };
         let scores = score_task(&results);
         if !scores.reevaluate || attempt >= MAX_EVAL_ATTEMPTS {
-            break TaskRun { results, scores, attempts: attempt };
+            break TaskRun {
+                results,
+                scores,
+                attempts: attempt,
+            };
         }
         attempt += 1;
     };

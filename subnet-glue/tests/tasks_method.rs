@@ -77,39 +77,70 @@ fn bad_methods_name_the_field() {
         ("[lora]\nr = 8.5", "`lora.r`: invalid type"),
         ("[lora]\ndropout = 0.9", "`lora.dropout`"),
         ("[lora]\ntargets = []", "`lora.targets`"),
-        ("[lora]\ntargets = [\"q_proj\", \"lm_head\"]", "`lora.targets[1]`: unknown module `lm_head`"),
+        (
+            "[lora]\ntargets = [\"q_proj\", \"lm_head\"]",
+            "`lora.targets[1]`: unknown module `lm_head`",
+        ),
         ("[optimizer]\nlr = 2.0", "`optimizer.lr`"),
         ("[optimizer]\nlr = \"fast\"", "`optimizer.lr`: invalid type"),
         ("[optimizer]\nbetas = [0.9, 1.5]", "`optimizer.betas[1]`"),
-        ("[schedule]\nkind = \"step\"", "`schedule.kind`: unknown schedule"),
-        ("[schedule]\nwarmup_fraction = 0.9", "`schedule.warmup_fraction`"),
-        ("[train]\nmicro_batch = \"four\"", "`train.micro_batch`: invalid type"),
+        (
+            "[schedule]\nkind = \"step\"",
+            "`schedule.kind`: unknown schedule",
+        ),
+        (
+            "[schedule]\nwarmup_fraction = 0.9",
+            "`schedule.warmup_fraction`",
+        ),
+        (
+            "[train]\nmicro_batch = \"four\"",
+            "`train.micro_batch`: invalid type",
+        ),
         ("[train]\nmicro_batch = 0", "`train.micro_batch`"),
         ("[train]\nseq_len = 100000", "`train.seq_len`"),
         ("[train]\nepochs = -1", "`train.epochs`"),
         ("[budget]\nfraction = 0", "`budget.fraction`"),
-        ("[budget]\ncheckpoint = \"worst\"", "`budget.checkpoint`: unknown variant"),
+        (
+            "[budget]\ncheckpoint = \"worst\"",
+            "`budget.checkpoint`: unknown variant",
+        ),
         ("[budget]\nmax_steps = 0", "`budget.max_steps`"),
         ("[budget]\neval_samples = 10000", "`budget.eval_samples`"),
-        ("[search]\nlr = [1e-3]", "`search`: needs at least 2 candidates"),
+        (
+            "[search]\nlr = [1e-3]",
+            "`search`: needs at least 2 candidates",
+        ),
         ("[search]\nlr = [1e-3, 5.0]", "`search.lr[1]`"),
         ("[search]\nlr = [1e-3, 2e-3]\nrungs = 9", "`search.rungs`"),
-        ("[search]\nlr = [1e-3, 2e-3]\nfraction = 1.0", "`search.fraction`"),
-        ("[search]\nlr = [1e-3, 2e-3]\nsteps = 3", "`search.steps`: unknown field"),
+        (
+            "[search]\nlr = [1e-3, 2e-3]\nfraction = 1.0",
+            "`search.fraction`",
+        ),
+        (
+            "[search]\nlr = [1e-3, 2e-3]\nsteps = 3",
+            "`search.steps`: unknown field",
+        ),
         ("lora = 3", "`lora`: expected a table"),
         ("[lora\nr = 1", "toml"),
     ];
     for (text, want) in cases {
-        let e = Method::parse(text, "m.toml", false).unwrap_err().to_string();
+        let e = Method::parse(text, "m.toml", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(want), "{text:?}: want {want:?} in: {e}");
         assert!(e.contains("m.toml"), "{e}");
     }
-    let e = Method::parse(r#"{"train": {"packing": "yes"}}"#, "m.json", true).unwrap_err().to_string();
+    let e = Method::parse(r#"{"train": {"packing": "yes"}}"#, "m.json", true)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`train.packing`: invalid type"), "{e}");
 }
 
 fn gradients(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gradients")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gradients"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -138,15 +169,25 @@ fn cli_method_check_and_task_commands() {
     let model = tasks_support::save_tiny_model(dir.path());
     let data = tasks_support::write_dataset(dir.path(), 30);
     let spec = dir.path().join("task.toml");
-    std::fs::write(&spec, tasks_support::spec_toml(&model, &data, "task_id = \"cli\"")).unwrap();
+    std::fs::write(
+        &spec,
+        tasks_support::spec_toml(&model, &data, "task_id = \"cli\""),
+    )
+    .unwrap();
     let db = dir.path().join("db/state.db");
     let db = db.to_str().unwrap();
     let (ok, out, err) = gradients(&["task", "create", "--db", db, spec.to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert!(out.contains("cli instruct ready: 30 rows → train 26, test 3, held back 1, synthetic 4"), "{out}");
+    assert!(
+        out.contains("cli instruct ready: 30 rows → train 26, test 3, held back 1, synthetic 4"),
+        "{out}"
+    );
     assert!(err.contains("warning"), "{err}");
     let (ok, out, _) = gradients(&["task", "list", "--db", db]);
-    assert!(ok && out.starts_with("cli\tinstruct\tready\t30 rows"), "{out}");
+    assert!(
+        ok && out.starts_with("cli\tinstruct\tready\t30 rows"),
+        "{out}"
+    );
     let (ok, out, _) = gradients(&["task", "show", "--db", db, "cli"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

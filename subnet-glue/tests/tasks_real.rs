@@ -41,7 +41,9 @@ field_output = "output"
         model_path.display(),
         data_path.display()
     );
-    let task = create_task(&store, &TaskSpec::parse(&spec, "spec", false).unwrap()).unwrap().task;
+    let task = create_task(&store, &TaskSpec::parse(&spec, "spec", false).unwrap())
+        .unwrap()
+        .task;
     let t0 = Instant::now();
     let base = BaseModel::load(&model_path).unwrap();
     let mut opts = ValidatorOptions::new(&dir.path().join("work"), 42, 2600);
@@ -74,13 +76,24 @@ field_output = "output"
         seq_len: 256,
         truncation: Truncation::TruncateTail,
     };
-    let (mut samples, _) =
-        tokenize_sft(base.tokenizer.as_ref(), &task.mapping, &picked, &task.dataset, topts).unwrap();
+    let (mut samples, _) = tokenize_sft(
+        base.tokenizer.as_ref(),
+        &task.mapping,
+        &picked,
+        &task.dataset,
+        topts,
+    )
+    .unwrap();
     samples.truncate(8);
     let mut model = Llama::new(CpuBackend::<f32>::new(), &base.config, &base.weights).unwrap();
     let b = evaluate(&mut model, None, &samples, 4).unwrap();
     eprintln!("base test loss {:.4}", b.mean_loss);
-    assert!(r.test_loss < b.mean_loss, "{} vs base {}", r.test_loss, b.mean_loss);
+    assert!(
+        r.test_loss < b.mean_loss,
+        "{} vs base {}",
+        r.test_loss,
+        b.mean_loss
+    );
 
     let again = evaluate_method(&store, &task, &m, &base, &opts).unwrap();
     assert_eq!(again, r);

@@ -58,7 +58,10 @@ fn first_place_and_bottom_quarter() {
     assert_eq!(s.iter().filter(|&&x| x == -1.0).count(), 0);
     // 9 valid: bottom max(1, int(0.25·9)) = 2 get −1
     let nine: Vec<_> = (0..9).map(|i| res(i, 1.0 + i as f64 * 0.1, 0.0)).collect();
-    assert_eq!(scores(&nine), [3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -1.0]);
+    assert_eq!(
+        scores(&nine),
+        [3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -1.0]
+    );
     // 13 valid: bottom 3
     let thirteen: Vec<_> = (0..13).map(|i| res(i, 1.0 + i as f64 * 0.1, 0.0)).collect();
     let s = scores(&thirteen);
@@ -83,7 +86,13 @@ fn failures_duplicates_and_reevaluation() {
     // same adapter (m2 copies m0) and bit-equal test loss (m3 = m1): the later ones are −1
     let mut copy = res(2, 1.9, 1.0);
     copy.adapter_sha256 = Some("sha0".into());
-    let rs = [res(0, 1.4, 1.0), res(1, 1.1, 1.0), copy, res(3, 1.1, 1.0), res(4, 1.3, 1.0)];
+    let rs = [
+        res(0, 1.4, 1.0),
+        res(1, 1.1, 1.0),
+        copy,
+        res(3, 1.1, 1.0),
+        res(4, 1.3, 1.0),
+    ];
     let s = score_task(&rs);
     assert_eq!(scores(&rs), [0.0, 3.0, -1.0, -1.0, 0.0]);
     assert_eq!(s.scores[2].outcome, Outcome::Duplicate { of: 0 });

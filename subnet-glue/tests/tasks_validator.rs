@@ -11,8 +11,12 @@ use std::path::Path;
 
 use gradients_subnet::method::Method;
 use gradients_subnet::store::Store;
-use gradients_subnet::task::{create_task, get_task, load_split, task_events, Task, TaskSpec, TaskStatus};
-use gradients_subnet::validator::{evaluate_method, evaluate_task, task_results, BaseModel, ValidatorOptions};
+use gradients_subnet::task::{
+    create_task, get_task, load_split, task_events, Task, TaskSpec, TaskStatus,
+};
+use gradients_subnet::validator::{
+    evaluate_method, evaluate_task, task_results, BaseModel, ValidatorOptions,
+};
 use tasks_support::{save_tiny_model, spec_toml, tiny_base, write_dataset};
 
 const BUDGET: u64 = 3000;
@@ -21,7 +25,12 @@ fn setup(dir: &Path, id: &str) -> (Store, Task) {
     let model = save_tiny_model(dir);
     let data = write_dataset(dir, 60);
     let store = Store::open(&dir.join("state.db")).unwrap();
-    let spec = TaskSpec::parse(&spec_toml(&model, &data, &format!("task_id = \"{id}\"")), "spec", false).unwrap();
+    let spec = TaskSpec::parse(
+        &spec_toml(&model, &data, &format!("task_id = \"{id}\"")),
+        "spec",
+        false,
+    )
+    .unwrap();
     let task = create_task(&store, &spec).unwrap().task;
     (store, task)
 }
@@ -52,15 +61,30 @@ fn evaluate_method_trains_scores_persists_and_repeats_bit_for_bit() {
     let good = evaluate_method(&store, &task, &method(1e-2, ""), &base, &o).unwrap();
     assert_eq!(good.failed, None);
     let split = load_split(&store, "t").unwrap();
-    assert_eq!(good.test_rows, split.test, "every test row scored, in split order");
+    assert_eq!(
+        good.test_rows, split.test,
+        "every test row scored, in split order"
+    );
     assert_eq!(good.per_sample_test.len(), split.test.len());
     assert!(good.test_loss.is_finite() && good.synth_loss.is_finite());
     assert_eq!(good.rank_loss, good.test_loss.max(good.synth_loss));
-    assert!(good.tokens > 0 && good.tokens <= BUDGET, "tokens {}", good.tokens);
+    assert!(
+        good.tokens > 0 && good.tokens <= BUDGET,
+        "tokens {}",
+        good.tokens
+    );
     assert_eq!(good.adapter_sha256.as_ref().unwrap().len(), 64);
-    assert!(good.adapter_dir.as_ref().unwrap().join("adapter_model.safetensors").is_file());
+    assert!(good
+        .adapter_dir
+        .as_ref()
+        .unwrap()
+        .join("adapter_model.safetensors")
+        .is_file());
     let mean: f64 = good.per_sample_test.iter().sum::<f64>() / good.per_sample_test.len() as f64;
-    assert!((mean - good.test_loss).abs() < 0.5, "per-sample losses belong to this result");
+    assert!(
+        (mean - good.test_loss).abs() < 0.5,
+        "per-sample losses belong to this result"
+    );
 
     let weak = evaluate_method(&store, &task, &method(1e-6, ""), &base, &o).unwrap();
     assert_eq!(weak.failed, None);
@@ -80,12 +104,17 @@ fn evaluate_method_trains_scores_persists_and_repeats_bit_for_bit() {
     let again = evaluate_method(&store, &task, &renamed, &base, &o).unwrap();
     assert_eq!(again, good);
     assert!(!dir.path().join("work").exists());
-    assert_eq!(task_results(&store, "t").unwrap(), vec![good.clone(), weak.clone()]);
+    assert_eq!(
+        task_results(&store, "t").unwrap(),
+        vec![good.clone(), weak.clone()]
+    );
 
     // other options for a finished pair are refused, naming them
     let mut o2 = o.clone();
     o2.seed = 7;
-    let e = evaluate_method(&store, &task, &method(1e-2, ""), &base, &o2).unwrap_err().to_string();
+    let e = evaluate_method(&store, &task, &method(1e-2, ""), &base, &o2)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("seed 42") && e.contains("not 7"), "{e}");
     // a model other than the task's base model is refused
     let (mut cfg, _) = tasks_support::tiny_model();
@@ -96,7 +125,9 @@ fn evaluate_method_trains_scores_persists_and_repeats_bit_for_bit() {
         tokenizer: Box::new(tasks_support::LetterTok),
         name: "other".into(),
     };
-    let e = evaluate_method(&store, &task, &method(3e-3, ""), &other, &o).unwrap_err().to_string();
+    let e = evaluate_method(&store, &task, &method(3e-3, ""), &other, &o)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("base_model"), "{e}");
 
     // a fresh store and work dir give the same losses and adapter, bit for bit
@@ -127,7 +158,9 @@ fn search_and_best_checkpoint_stay_inside_the_budget() {
     assert!(r.tokens <= 2 * BUDGET, "tokens {}", r.tokens);
     let (rung0, rung1): (Vec<_>, Vec<_>) = r.search.iter().partition(|c| c.rung == 0);
     assert_eq!((rung0.len(), rung1.len()), (4, 2));
-    assert!(rung0.iter().all(|c| c.holdout_loss.is_some() && c.tokens > 0));
+    assert!(rung0
+        .iter()
+        .all(|c| c.holdout_loss.is_some() && c.tokens > 0));
     // the better half of rung 0 goes on, with twice the tokens
     let mut by_loss = rung0.clone();
     by_loss.sort_by(|a, b| a.holdout_loss.unwrap().total_cmp(&b.holdout_loss.unwrap()));
@@ -150,8 +183,20 @@ fn evaluate_task_scores_and_finishes_and_dpo_fails_clearly() {
     assert_eq!(scores, [0.0, 3.0]);
     assert_eq!(run.attempts, 1);
     assert_eq!(get_task(&store, "k").unwrap().status, TaskStatus::Success);
-    let flow: Vec<TaskStatus> = task_events(&store, "k").unwrap().into_iter().map(|e| e.0).collect();
-    assert_eq!(&flow[2..], [TaskStatus::Ready, TaskStatus::Training, TaskStatus::Evaluating, TaskStatus::Success]);
+    let flow: Vec<TaskStatus> = task_events(&store, "k")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(
+        &flow[2..],
+        [
+            TaskStatus::Ready,
+            TaskStatus::Training,
+            TaskStatus::Evaluating,
+            TaskStatus::Success
+        ]
+    );
     // asking again reads the finished task back
     let again = evaluate_task(&store, "k", &methods, &base, &o).unwrap();
     assert_eq!(again.results, run.results);
@@ -166,9 +211,15 @@ fn evaluate_task_scores_and_finishes_and_dpo_fails_clearly() {
         dir.path().join("tiny-model").display(),
         dpo.display()
     );
-    let t = create_task(&store, &TaskSpec::parse(&spec, "dpo spec", false).unwrap()).unwrap().task;
+    let t = create_task(&store, &TaskSpec::parse(&spec, "dpo spec", false).unwrap())
+        .unwrap()
+        .task;
     let r = evaluate_method(&store, &t, &methods[1], &base, &o).unwrap();
-    assert!(r.failed.as_deref().unwrap().contains("not yet supported"), "{:?}", r.failed);
+    assert!(
+        r.failed.as_deref().unwrap().contains("not yet supported"),
+        "{:?}",
+        r.failed
+    );
     let run = evaluate_task(&store, "d", &methods, &base, &o).unwrap();
     assert!(run.scores.reevaluate && run.attempts == 4);
     assert_eq!(get_task(&store, "d").unwrap().status, TaskStatus::Failure);
