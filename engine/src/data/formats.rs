@@ -1,11 +1,12 @@
-//! Reading dataset files into records: a JSON array of objects, JSON Lines, or CSV with a
-//! header row (Parquet is recognised but not built in: it errors with advice to convert).
+//! Reading dataset files into records: a JSON array of objects, JSON Lines, CSV with a
+//! header row, or Apache Parquet (parquet.rs, the `parquet` crate's record API).
 //!
 //! Every format yields the same thing, a `Vec<Record>` (one JSON object per row), so the
 //! column mappings (mapping.rs) and tokenisation (tokenize.rs) never know the file type.
-//! CSV cells are strings. Errors name the file and, where there is one, the 1-based line or
-//! row. A `.json` file that does not start with `[` is read as JSON Lines, as Hugging Face
-//! `datasets`' json loader does.
+//! CSV cells are strings; Parquet values keep their types (lists of structs, the usual shape
+//! of a `conversations` column, become arrays of objects). Errors name the file and, where
+//! there is one, the 1-based line or row. A `.json` file that does not start with `[` is read
+//! as JSON Lines, as Hugging Face `datasets`' json loader does.
 
 use std::path::Path;
 
@@ -23,7 +24,7 @@ pub enum Format {
     Jsonl,
     /// Comma-separated values with a header row (`.csv`).
     Csv,
-    /// Apache Parquet (`.parquet`): recognised, but reading it is unsupported in this build.
+    /// Apache Parquet (`.parquet`; uncompressed, snappy, gzip or zstd pages).
     Parquet,
 }
 
@@ -69,7 +70,7 @@ pub fn read_records_as(path: &Path, format: Format) -> Result<Vec<Record>> {
                 _ => parse_csv(path, text)?,
             }
         }
-        Format::Parquet => read_parquet(path)?,
+        Format::Parquet => super::parquet::read_parquet(path)?,
     };
     if rows.is_empty() {
         return Err(Error::format(path, "the dataset has no rows"));
@@ -165,17 +166,8 @@ pub fn parse_csv(path: &Path, text: &str) -> Result<Vec<Record>> {
     Ok(rows)
 }
 
-/// Parquet is not built in (the `parquet` crate costs minutes of build time); the error says
-/// how to convert.
-fn read_parquet(path: &Path) -> Result<Vec<Record>> {
-    Err(Error::unsupported(format!(
-        "{}: parquet datasets are not supported by this build; convert to jsonl or csv",
-        path.display()
-    )))
-}
-
 /// A JSON value's kind, for messages.
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

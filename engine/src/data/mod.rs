@@ -1,7 +1,7 @@
 //! The dataset side of training and evaluation: files → records → examples → token ids with
 //! labels → packed or padded [`Batch`](crate::model::Batch)es, plus the validator's split.
 //!
-//! Flow: formats.rs reads JSON / JSONL / CSV rows into [`Record`]s; mapping.rs applies a
+//! Flow: formats.rs reads JSON / JSONL / CSV rows (parquet.rs: Parquet) into [`Record`]s; mapping.rs applies a
 //! task's column mapping (SPEC §1) to make prompt/completion text or chat turns; chat.rs
 //! finds the trained spans of a rendered conversation; tokenize.rs turns examples into ids
 //! and −100-masked labels (and DPO triples); pack.rs lays samples into rows; split.rs makes
@@ -9,9 +9,10 @@
 //! reproduced bit for bit.
 
 pub mod chat; // CHATML_TEMPLATE, resolve_template, chat_segments (trained spans of a chat)
-pub mod formats; // Format, read_records: JSON array, JSONL, CSV
+pub mod formats; // Format, read_records: JSON array, JSONL, CSV, Parquet
 pub mod mapping; // InstructMapping, ChatMapping, DpoMapping, Mapping, Example, DpoExample
 pub mod pack; // pack_rows, packed_batches, unpacked_batches, PackedBatch
+pub mod parquet; // read_parquet: Parquet rows -> records (record API, no arrow)
 pub mod rng; // Pcg64, permutation: numpy default_rng(seed) bit for bit
 pub mod split; // split_indices, split_rows, test_size, sample_indices, Split
 pub mod tokenize; // TextTokenizer, load_sft, tokenize_sft, tokenize_dpo, TokenizedSample, TokenizeStats
