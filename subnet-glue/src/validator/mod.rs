@@ -1,7 +1,7 @@
 //! Validator evaluation (SPEC §3): run a miner's method (method.rs) on a task (task.rs) with
 //! the validator's engine, data, seed and token budget, then score the adapter on the hidden
 //! test split and the synthetic set; results persist in the store keyed by (task, method
-//! hash), so a rerun never trains a finished pair again. scoring.rs turns a task's results
+//! hash; results.rs), so a rerun never trains a finished pair again. scoring.rs turns a task's results
 //! into scores; the method runs themselves (TrainConfigs, search, checkpoint choice) are in
 //! runs.rs.
 //!
@@ -32,47 +32,22 @@ use gradients_engine::lora::{LoraState, LoraWeights};
 use gradients_engine::model::load::load_model;
 use gradients_engine::model::{Llama, ModelConfig, ModelWeights};
 use gradients_engine::{Error, Result};
-use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::method::Method;
 use crate::runs::{run_method, Candidate};
 use crate::scoring::{score_task, TaskScores, MAX_EVAL_ATTEMPTS};
-use crate::store::{unix_now, Store};
+use crate::store::Store;
+mod results; // methods and results tables: store_method, get_method, load_result, task_results
+
+use results::{attempt_count, save_result, stored};
+pub use results::{get_method, load_result, store_method, task_results, MIGRATIONS};
+
 use crate::task::{
     advance_to, get_task, load_records, load_split, model_config, set_status, Task, TaskSplit,
     TaskStatus, TaskType,
 };
-
-/// Schema steps of the `results` component.
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE methods (
-        hash TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        recipe TEXT NOT NULL,
-        created_at INTEGER NOT NULL
-    );
-    CREATE TABLE results (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        task_id TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
-        method_hash TEXT NOT NULL REFERENCES methods(hash),
-        test_loss REAL,
-        synth_loss REAL,
-        rank_loss REAL,
-        per_sample_test BLOB NOT NULL,
-        test_rows BLOB NOT NULL,
-        adapter_sha256 TEXT,
-        adapter_dir TEXT,
-        failed TEXT,
-        tokens INTEGER NOT NULL,
-        wall_s REAL NOT NULL,
-        seed INTEGER NOT NULL,
-        token_budget INTEGER NOT NULL,
-        search TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        created_at INTEGER NOT NULL,
-        UNIQUE (task_id, method_hash)
-    );"];
 
 /// The validator's side of an evaluation: the same for every method of a task.
 #[derive(Clone, Debug)]
@@ -225,177 +200,6 @@ pub fn adapter_sha256(w: &LoraWeights) -> String {
         }
     }
     hex::encode(h.finalize())
-}
-
-/// Record `method` in the `methods` table (first name kept).
-pub fn store_method(store: &Store, method: &Method) -> Result<String> {
-    let hash = method.hash();
-    store
-        .conn()
-        .execute(
-            "INSERT OR IGNORE INTO methods (hash, name, recipe, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![hash, method.name, method.canonical_json(), unix_now()],
-        )
-        .map_err(|e| store.err(e))?;
-    Ok(hash)
-}
-
-/// The method stored under `hash`.
-pub fn get_method(store: &Store, hash: &str) -> Result<Method> {
-    let (name, recipe): (String, String) = store
-        .conn()
-        .query_row(
-            "SELECT name, recipe FROM methods WHERE hash = ?1",
-            params![hash],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(|e| store.err(e))?
-        .ok_or_else(|| Error::config("methods", "hash", format!("no method `{hash}`")))?;
-    let mut m = Method::from_stored(&recipe, &format!("stored method {hash}"))?;
-    m.name = name;
-    Ok(m)
-}
-
-fn f64s(v: &[f64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn from_f64s(b: &[u8]) -> Vec<f64> {
-    b.chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-        .collect()
-}
-
-const RESULT_COLUMNS: &str = "task_id, method_hash, test_loss, synth_loss, rank_loss,
-    per_sample_test, test_rows, adapter_sha256, adapter_dir, failed, tokens, wall_s, search,
-    seq, seed, token_budget";
-
-type StoredResult = (MethodResult, u64, u64);
-
-fn result_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredResult, String)> {
-    let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
-    let rows: Vec<u8> = r.get(6)?;
-    let res = MethodResult {
-        task_id: r.get(0)?,
-        method_hash: r.get(1)?,
-        test_loss: nan(r.get(2)?),
-        synth_loss: nan(r.get(3)?),
-        rank_loss: nan(r.get(4)?),
-        per_sample_test: from_f64s(&r.get::<_, Vec<u8>>(5)?),
-        test_rows: rows
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as usize)
-            .collect(),
-        adapter_sha256: r.get(7)?,
-        adapter_dir: r.get::<_, Option<String>>(8)?.map(PathBuf::from),
-        failed: r.get(9)?,
-        tokens: r.get::<_, i64>(10)? as u64,
-        wall_s: r.get(11)?,
-        search: Vec::new(),
-        seq: r.get(13)?,
-    };
-    let seed = r.get::<_, i64>(14)? as u64;
-    let budget = r.get::<_, i64>(15)? as u64;
-    Ok(((res, seed, budget), r.get(12)?))
-}
-
-fn finish_result(store: &Store, raw: (StoredResult, String)) -> Result<StoredResult> {
-    let ((mut res, seed, budget), search) = raw;
-    res.search = serde_json::from_str(&search)
-        .map_err(|e| Error::format(store.path(), format!("result search: {e}")))?;
-    Ok((res, seed, budget))
-}
-
-fn stored(store: &Store, task_id: &str, hash: &str) -> Result<Option<StoredResult>> {
-    let raw = store
-        .conn()
-        .query_row(
-            &format!(
-                "SELECT {RESULT_COLUMNS} FROM results WHERE task_id = ?1 AND method_hash = ?2"
-            ),
-            params![task_id, hash],
-            result_from_row,
-        )
-        .optional()
-        .map_err(|e| store.err(e))?;
-    raw.map(|r| finish_result(store, r)).transpose()
-}
-
-/// The stored result of (`task_id`, method `hash`), if any.
-pub fn load_result(store: &Store, task_id: &str, hash: &str) -> Result<Option<MethodResult>> {
-    Ok(stored(store, task_id, hash)?.map(|(r, _, _)| r))
-}
-
-/// Every stored result of `task_id`, in submission order.
-pub fn task_results(store: &Store, task_id: &str) -> Result<Vec<MethodResult>> {
-    let mut st = store
-        .conn()
-        .prepare(&format!(
-            "SELECT {RESULT_COLUMNS} FROM results WHERE task_id = ?1 ORDER BY seq"
-        ))
-        .map_err(|e| store.err(e))?;
-    let raws = st
-        .query_map(params![task_id], result_from_row)
-        .map_err(|e| store.err(e))?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(|e| store.err(e))?;
-    raws.into_iter()
-        .map(|r| finish_result(store, r).map(|(r, _, _)| r))
-        .collect()
-}
-
-fn save_result(
-    store: &Store,
-    r: &MethodResult,
-    opts: &ValidatorOptions,
-    attempts: u32,
-) -> Result<i64> {
-    let fin = |v: f64| (!v.is_nan()).then_some(v);
-    let rows: Vec<u8> = r
-        .test_rows
-        .iter()
-        .flat_map(|&x| (x as u64).to_le_bytes())
-        .collect();
-    let search =
-        serde_json::to_string(&r.search).map_err(|e| Error::format(store.path(), e.to_string()))?;
-    let tx = store.transaction()?;
-    tx.execute(
-        "DELETE FROM results WHERE task_id = ?1 AND method_hash = ?2",
-        params![r.task_id, r.method_hash],
-    )
-    .map_err(|e| store.err(e))?;
-    tx.execute(
-        "INSERT INTO results (task_id, method_hash, test_loss, synth_loss, rank_loss,
-            per_sample_test, test_rows, adapter_sha256, adapter_dir, failed, tokens, wall_s,
-            seed, token_budget, search, attempts, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-        params![
-            r.task_id,
-            r.method_hash,
-            fin(r.test_loss),
-            fin(r.synth_loss),
-            fin(r.rank_loss),
-            f64s(&r.per_sample_test),
-            rows,
-            r.adapter_sha256,
-            r.adapter_dir
-                .as_ref()
-                .map(|p| p.to_string_lossy().to_string()),
-            r.failed,
-            r.tokens as i64,
-            r.wall_s,
-            opts.seed as i64,
-            opts.token_budget as i64,
-            search,
-            attempts,
-            unix_now(),
-        ],
-    )
-    .map_err(|e| store.err(e))?;
-    let seq = tx.last_insert_rowid();
-    tx.commit().map_err(|e| store.err(e))?;
-    Ok(seq)
 }
 
 /// Tokenise `rows` of `records` (`file` names them) for evaluation; each sample's `row` is
@@ -558,17 +362,6 @@ fn evaluate_attempt(
     };
     r.seq = save_result(store, &r, opts, attempts)?;
     Ok(r)
-}
-
-fn attempt_count(store: &Store, task_id: &str, hash: &str) -> Result<u32> {
-    store
-        .conn()
-        .query_row(
-            "SELECT attempts FROM results WHERE task_id = ?1 AND method_hash = ?2",
-            params![task_id, hash],
-            |r| r.get(0),
-        )
-        .map_err(|e| store.err(e))
 }
 
 fn run_and_score(
