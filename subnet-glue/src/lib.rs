@@ -7,4 +7,5 @@
 #![deny(missing_docs)]
 
 pub mod chain;
+pub mod tournament; // Entry, select_entries, brackets, boss round, bootstrap gate, runner
 pub mod weights; // tournament pools, boost, rank decay, burn; u16 quantisation as the SDK does it // Chain trait; LocalChain (SQLite chain_* tables), commit-reveal v2, Yuma epochs
