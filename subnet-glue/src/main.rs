@@ -5,6 +5,8 @@
 
 mod bench; // gradients bench: train/eval tokens/s and peak RSS on a real model
 mod cli_chain; // gradients chain init|register|stake|set-weights|advance|epoch|metagraph
+mod cli_method; // gradients method check: a miner's method normalised, with its hash
+mod cli_task; // gradients task create|list|show: task intake and the stored tasks
 mod eval; // gradients eval: SFT test loss (per sample and mean), with or without an adapter
 mod generate; // gradients generate: greedy decoding, optionally with an adapter
 mod inspect; // gradients inspect MODEL
@@ -35,6 +37,10 @@ enum Command {
     Eval(eval::Args),
     /// The embedded chain: metagraph, weights, block clock and Yuma epochs (SQLite).
     Chain(cli_chain::Args),
+    /// Training tasks: create (validated intake), list, show.
+    Task(cli_task::Args),
+    /// Miners' methods: check a method file and print its hash.
+    Method(cli_method::Args),
 }
 
 fn main() {
@@ -46,6 +52,8 @@ fn main() {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Chain(args) => cli_chain::run(args),
+        Command::Task(args) => cli_task::run(args),
+        Command::Method(args) => cli_method::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,660 @@
+//! Validator evaluation (SPEC §3): run a miner's method (method.rs) on a task (task.rs) with
+//! the validator's engine, data, seed and token budget, then score the adapter on the hidden
+//! test split and the synthetic set; results persist in the store keyed by (task, method
+//! hash), so a rerun never trains a finished pair again. scoring.rs turns a task's results
+//! into scores; the method runs themselves (TrainConfigs, search, checkpoint choice) are in
+//! runs.rs.
+//!
+//! - The miner sees only the train split: it is written to `work_dir/<task>/train.jsonl`
+//!   and is the only dataset the trainer gets (the trainer holds out its own SPEC §2 slice
+//!   of it, which is the "held-out slice of train" for `best` checkpoints and the search).
+//! - Test and synthetic rows are tokenised with the task's mapping at SPEC §3's length
+//!   (2048/4096, or `eval_seq_len`), one sample per row, and scored with the engine's
+//!   `eval::evaluate`; `rank_loss` = max(test, synth), NaN when either is NaN (worst).
+//! - Fine-tune check: the adapter must load against the task's base model (targets and
+//!   shapes, `LoraWeights::load`), else the result is failed. The adapter hash is the sha256
+//!   of its tensors (layer, module, factor, shape, f32 bytes in order).
+//! - A method that fails to train (bad values for this model, a non-finite loss) gives a
+//!   failed result; validator-side problems (I/O, a changed dataset) are errors.
+//! - Unfinished pairs restart from scratch (`fresh`), so a killed run resumes with the same
+//!   result. DPO tasks give a failed, unstored "not yet supported" result until the engine
+//!   has DPO training and evaluation.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use gradients_engine::backend::cpu::CpuBackend;
+use gradients_engine::data::{tokenize_sft, Record, TextTokenizer, TokenizeOptions, TokenizedSample, Truncation};
+use gradients_engine::eval::{eval_seq_len, evaluate};
+use gradients_engine::lora::{LoraState, LoraWeights};
+use gradients_engine::model::load::load_model;
+use gradients_engine::model::{Llama, ModelConfig, ModelWeights};
+use gradients_engine::{Error, Result};
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::method::Method;
+use crate::runs::{run_method, Candidate};
+use crate::scoring::{score_task, TaskScores, MAX_EVAL_ATTEMPTS};
+use crate::store::{unix_now, Store};
+use crate::task::{
+    advance_to, get_task, load_records, load_split, model_config, set_status, Task, TaskSplit,
+    TaskStatus, TaskType,
+};
+
+/// Schema steps of the `results` component.
+pub const MIGRATIONS: &[&str] = &["CREATE TABLE methods (
+        hash TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        recipe TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE results (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
+        method_hash TEXT NOT NULL REFERENCES methods(hash),
+        test_loss REAL,
+        synth_loss REAL,
+        rank_loss REAL,
+        per_sample_test BLOB NOT NULL,
+        test_rows BLOB NOT NULL,
+        adapter_sha256 TEXT,
+        adapter_dir TEXT,
+        failed TEXT,
+        tokens INTEGER NOT NULL,
+        wall_s REAL NOT NULL,
+        seed INTEGER NOT NULL,
+        token_budget INTEGER NOT NULL,
+        search TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (task_id, method_hash)
+    );"];
+
+/// The validator's side of an evaluation: the same for every method of a task.
+#[derive(Clone, Debug)]
+pub struct ValidatorOptions {
+    /// Seed of LoRA init, batch order and dropout.
+    pub seed: u64,
+    /// Training tokens a method may spend (all its runs together).
+    pub token_budget: u64,
+    /// Wall-clock cap of one method's training (default: the task's `hours_to_complete`).
+    /// Hitting it stops training early, so timings then affect the result.
+    pub wall_clock_cap: Option<Duration>,
+    /// CPU threads (0: rayon's global pool). Results do not depend on it.
+    pub threads: usize,
+    /// Where the train split, runs and adapters are written.
+    pub work_dir: PathBuf,
+    /// Rows per evaluation batch.
+    pub eval_batch: usize,
+    /// Score only the first this-many test and synthetic samples (CI-sized runs).
+    pub max_eval_samples: Option<usize>,
+    /// Evaluation length (default SPEC §3's: 4096, 2048 under 8192 positions).
+    pub eval_seq_len: Option<usize>,
+}
+
+impl ValidatorOptions {
+    /// Options with `seed`, `token_budget` and `work_dir`; no cap beyond the task's hours,
+    /// rayon's pool, batches of 4, every sample, SPEC §3's length.
+    pub fn new(work_dir: &Path, seed: u64, token_budget: u64) -> Self {
+        ValidatorOptions {
+            seed,
+            token_budget,
+            wall_clock_cap: None,
+            threads: 0,
+            work_dir: work_dir.to_path_buf(),
+            eval_batch: 4,
+            max_eval_samples: None,
+            eval_seq_len: None,
+        }
+    }
+}
+
+/// The task's base model in memory (loaded once, shared by every method of a tournament).
+pub struct BaseModel {
+    /// Hyper-parameters.
+    pub config: ModelConfig,
+    /// Frozen weights.
+    pub weights: ModelWeights,
+    /// Its tokenizer.
+    pub tokenizer: Box<dyn TextTokenizer + Send>,
+    /// Name written into adapters.
+    pub name: String,
+}
+
+impl BaseModel {
+    /// Load a GGUF file or HF directory (it must carry a tokenizer).
+    pub fn load(path: &Path) -> Result<BaseModel> {
+        let m = load_model(path)?;
+        let tokenizer = m.tokenizer.ok_or_else(|| {
+            Error::config(
+                path.display().to_string(),
+                "tokenizer",
+                "the model has no tokenizer (tokenizer.json or GGUF vocab)",
+            )
+        })?;
+        Ok(BaseModel {
+            config: m.config,
+            weights: m.weights,
+            tokenizer: Box::new(tokenizer),
+            name: path.display().to_string(),
+        })
+    }
+}
+
+/// One method's evaluation on one task.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MethodResult {
+    /// The task.
+    pub task_id: String,
+    /// The method's content hash.
+    pub method_hash: String,
+    /// Mean completion-token loss on the hidden test split (NaN when failed).
+    pub test_loss: f64,
+    /// Mean loss on the synthetic set (NaN when failed).
+    pub synth_loss: f64,
+    /// max(test, synth); NaN when either is NaN (ranked worst).
+    pub rank_loss: f64,
+    /// Each scored test sample's mean loss, in split order.
+    pub per_sample_test: Vec<f64>,
+    /// The dataset (or test file) row of each entry of `per_sample_test`.
+    pub test_rows: Vec<usize>,
+    /// sha256 of the adapter's tensors.
+    pub adapter_sha256: Option<String>,
+    /// The submitted adapter (PEFT directory).
+    pub adapter_dir: Option<PathBuf>,
+    /// Why it failed, when it did.
+    pub failed: Option<String>,
+    /// Training tokens spent (all runs).
+    pub tokens: u64,
+    /// Seconds of training and evaluation.
+    pub wall_s: f64,
+    /// The search's candidates and their held-out losses.
+    pub search: Vec<Candidate>,
+    /// Submission order in the store (earliest first; 0 when not stored).
+    pub seq: i64,
+}
+
+impl MethodResult {
+    fn failed(task: &Task, hash: &str, why: String, tokens: u64, wall_s: f64) -> Self {
+        MethodResult {
+            task_id: task.task_id.clone(),
+            method_hash: hash.to_string(),
+            test_loss: f64::NAN,
+            synth_loss: f64::NAN,
+            rank_loss: f64::NAN,
+            per_sample_test: Vec::new(),
+            test_rows: Vec::new(),
+            adapter_sha256: None,
+            adapter_dir: None,
+            failed: Some(why),
+            tokens,
+            wall_s,
+            search: Vec::new(),
+            seq: 0,
+        }
+    }
+}
+
+/// max(test, synth), NaN when either is NaN.
+pub fn rank_loss(test: f64, synth: f64) -> f64 {
+    if test.is_nan() || synth.is_nan() {
+        f64::NAN
+    } else {
+        test.max(synth)
+    }
+}
+
+/// sha256 hex over the adapter's tensors: for each pair in order, layer (u64 LE), module
+/// name, then A and B as shape (u64 LE each) and f32 LE values.
+pub fn adapter_sha256(w: &LoraWeights) -> String {
+    let mut h = Sha256::new();
+    for (layer, target, a, b) in w.iter() {
+        h.update((layer as u64).to_le_bytes());
+        h.update(target.name().as_bytes());
+        for t in [a, b] {
+            for &d in &t.shape {
+                h.update((d as u64).to_le_bytes());
+            }
+            for v in &t.data {
+                h.update(v.to_le_bytes());
+            }
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// Record `method` in the `methods` table (first name kept).
+pub fn store_method(store: &Store, method: &Method) -> Result<String> {
+    let hash = method.hash();
+    store
+        .conn()
+        .execute(
+            "INSERT OR IGNORE INTO methods (hash, name, recipe, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, method.name, method.canonical_json(), unix_now()],
+        )
+        .map_err(|e| store.err(e))?;
+    Ok(hash)
+}
+
+/// The method stored under `hash`.
+pub fn get_method(store: &Store, hash: &str) -> Result<Method> {
+    let (name, recipe): (String, String) = store
+        .conn()
+        .query_row(
+            "SELECT name, recipe FROM methods WHERE hash = ?1",
+            params![hash],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| store.err(e))?
+        .ok_or_else(|| Error::config("methods", "hash", format!("no method `{hash}`")))?;
+    let mut m = Method::from_stored(&recipe, &format!("stored method {hash}"))?;
+    m.name = name;
+    Ok(m)
+}
+
+fn f64s(v: &[f64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn from_f64s(b: &[u8]) -> Vec<f64> {
+    b.chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect()
+}
+
+const RESULT_COLUMNS: &str = "task_id, method_hash, test_loss, synth_loss, rank_loss,
+    per_sample_test, test_rows, adapter_sha256, adapter_dir, failed, tokens, wall_s, search,
+    seq, seed, token_budget";
+
+type StoredResult = (MethodResult, u64, u64);
+
+fn result_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredResult, String)> {
+    let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    let rows: Vec<u8> = r.get(6)?;
+    let res = MethodResult {
+        task_id: r.get(0)?,
+        method_hash: r.get(1)?,
+        test_loss: nan(r.get(2)?),
+        synth_loss: nan(r.get(3)?),
+        rank_loss: nan(r.get(4)?),
+        per_sample_test: from_f64s(&r.get::<_, Vec<u8>>(5)?),
+        test_rows: rows
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as usize)
+            .collect(),
+        adapter_sha256: r.get(7)?,
+        adapter_dir: r.get::<_, Option<String>>(8)?.map(PathBuf::from),
+        failed: r.get(9)?,
+        tokens: r.get::<_, i64>(10)? as u64,
+        wall_s: r.get(11)?,
+        search: Vec::new(),
+        seq: r.get(13)?,
+    };
+    let seed = r.get::<_, i64>(14)? as u64;
+    let budget = r.get::<_, i64>(15)? as u64;
+    Ok(((res, seed, budget), r.get(12)?))
+}
+
+fn finish_result(store: &Store, raw: (StoredResult, String)) -> Result<StoredResult> {
+    let ((mut res, seed, budget), search) = raw;
+    res.search = serde_json::from_str(&search)
+        .map_err(|e| Error::format(store.path(), format!("result search: {e}")))?;
+    Ok((res, seed, budget))
+}
+
+fn stored(store: &Store, task_id: &str, hash: &str) -> Result<Option<StoredResult>> {
+    let raw = store
+        .conn()
+        .query_row(
+            &format!("SELECT {RESULT_COLUMNS} FROM results WHERE task_id = ?1 AND method_hash = ?2"),
+            params![task_id, hash],
+            result_from_row,
+        )
+        .optional()
+        .map_err(|e| store.err(e))?;
+    raw.map(|r| finish_result(store, r)).transpose()
+}
+
+/// The stored result of (`task_id`, method `hash`), if any.
+pub fn load_result(store: &Store, task_id: &str, hash: &str) -> Result<Option<MethodResult>> {
+    Ok(stored(store, task_id, hash)?.map(|(r, _, _)| r))
+}
+
+/// Every stored result of `task_id`, in submission order.
+pub fn task_results(store: &Store, task_id: &str) -> Result<Vec<MethodResult>> {
+    let mut st = store
+        .conn()
+        .prepare(&format!("SELECT {RESULT_COLUMNS} FROM results WHERE task_id = ?1 ORDER BY seq"))
+        .map_err(|e| store.err(e))?;
+    let raws = st
+        .query_map(params![task_id], result_from_row)
+        .map_err(|e| store.err(e))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(|e| store.err(e))?;
+    raws.into_iter()
+        .map(|r| finish_result(store, r).map(|(r, _, _)| r))
+        .collect()
+}
+
+fn save_result(store: &Store, r: &MethodResult, opts: &ValidatorOptions, attempts: u32) -> Result<i64> {
+    let fin = |v: f64| (!v.is_nan()).then_some(v);
+    let rows: Vec<u8> = r.test_rows.iter().flat_map(|&x| (x as u64).to_le_bytes()).collect();
+    let search = serde_json::to_string(&r.search)
+        .map_err(|e| Error::format(store.path(), e.to_string()))?;
+    let tx = store.transaction()?;
+    tx.execute(
+        "DELETE FROM results WHERE task_id = ?1 AND method_hash = ?2",
+        params![r.task_id, r.method_hash],
+    )
+    .map_err(|e| store.err(e))?;
+    tx.execute(
+        "INSERT INTO results (task_id, method_hash, test_loss, synth_loss, rank_loss,
+            per_sample_test, test_rows, adapter_sha256, adapter_dir, failed, tokens, wall_s,
+            seed, token_budget, search, attempts, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        params![
+            r.task_id,
+            r.method_hash,
+            fin(r.test_loss),
+            fin(r.synth_loss),
+            fin(r.rank_loss),
+            f64s(&r.per_sample_test),
+            rows,
+            r.adapter_sha256,
+            r.adapter_dir.as_ref().map(|p| p.to_string_lossy().to_string()),
+            r.failed,
+            r.tokens as i64,
+            r.wall_s,
+            opts.seed as i64,
+            opts.token_budget as i64,
+            search,
+            attempts,
+            unix_now(),
+        ],
+    )
+    .map_err(|e| store.err(e))?;
+    let seq = tx.last_insert_rowid();
+    tx.commit().map_err(|e| store.err(e))?;
+    Ok(seq)
+}
+
+/// Tokenise `rows` of `records` (`file` names them) for evaluation; each sample's `row` is
+/// mapped back to its dataset row.
+fn eval_samples(
+    task: &Task,
+    base: &BaseModel,
+    records: &[Record],
+    rows: &[usize],
+    file: &Path,
+    opts: &ValidatorOptions,
+) -> Result<Vec<TokenizedSample>> {
+    let picked: Vec<Record> = rows
+        .iter()
+        .map(|&r| {
+            records.get(r).cloned().ok_or_else(|| {
+                Error::format(file, format!("split row {r} is beyond the file's {} rows", records.len()))
+            })
+        })
+        .collect::<Result<_>>()?;
+    let seq_len = opts
+        .eval_seq_len
+        .unwrap_or_else(|| eval_seq_len(&base.config))
+        .min(base.config.max_position_embeddings.max(1));
+    let topts = TokenizeOptions {
+        seq_len,
+        truncation: Truncation::TruncateTail,
+    };
+    let (mut samples, _) = tokenize_sft(base.tokenizer.as_ref(), &task.mapping, &picked, file, topts)?;
+    if let Some(k) = opts.max_eval_samples {
+        samples.truncate(k);
+    }
+    for s in &mut samples {
+        s.row = rows[s.row];
+    }
+    Ok(samples)
+}
+
+/// Write the miner's view of the task (its train split) as JSONL; returns the file.
+fn write_train_split(task: &Task, records: &[Record], train: &[usize], work: &Path) -> Result<PathBuf> {
+    let path = work.join("train.jsonl");
+    let mut text = String::new();
+    for &r in train {
+        let rec = records
+            .get(r)
+            .ok_or_else(|| Error::format(&task.dataset, format!("split row {r} out of range")))?;
+        text.push_str(&serde_json::to_string(rec).map_err(|e| Error::format(&path, e.to_string()))?);
+        text.push('\n');
+    }
+    std::fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
+    gradients_engine::io::write_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+/// Check that `base` is the task's base model (same architecture and sizes).
+fn check_base(task: &Task, base: &BaseModel) -> Result<()> {
+    let want = model_config(&task.base_model)?;
+    let c = &base.config;
+    let same = want.arch == c.arch
+        && want.vocab_size == c.vocab_size
+        && want.hidden_size == c.hidden_size
+        && want.intermediate_size == c.intermediate_size
+        && want.num_layers == c.num_layers
+        && want.num_heads == c.num_heads
+        && want.num_kv_heads == c.num_kv_heads
+        && want.head_dim == c.head_dim;
+    if !same {
+        return Err(Error::config(
+            format!("task {}", task.task_id),
+            "base_model",
+            format!("the model given to the validator is not {}", task.base_model.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Evaluate `method` on `task` (module docs). A stored result for the pair is returned as
+/// it is (made with other options it is an error naming them).
+pub fn evaluate_method(
+    store: &Store,
+    task: &Task,
+    method: &Method,
+    base: &BaseModel,
+    opts: &ValidatorOptions,
+) -> Result<MethodResult> {
+    evaluate_attempt(store, task, method, base, opts, false)
+}
+
+fn evaluate_attempt(
+    store: &Store,
+    task: &Task,
+    method: &Method,
+    base: &BaseModel,
+    opts: &ValidatorOptions,
+    retry_failed: bool,
+) -> Result<MethodResult> {
+    if opts.token_budget == 0 {
+        return Err(Error::config("validator options", "token_budget", "must be at least 1"));
+    }
+    if opts.eval_batch == 0 {
+        return Err(Error::config("validator options", "eval_batch", "must be at least 1"));
+    }
+    method.validate("method")?;
+    let hash = store_method(store, method)?;
+    let mut attempts = 1;
+    if let Some((r, seed, budget)) = stored(store, &task.task_id, &hash)? {
+        if seed != opts.seed || budget != opts.token_budget {
+            return Err(Error::config(
+                format!("task {}", task.task_id),
+                "method",
+                format!("method {hash} was evaluated with seed {seed} and token budget {budget}, not {} and {}", opts.seed, opts.token_budget),
+            ));
+        }
+        if r.failed.is_none() || !retry_failed {
+            return Ok(r);
+        }
+        attempts = attempt_count(store, &task.task_id, &hash)? + 1;
+    }
+    if task.task_type == TaskType::Dpo {
+        return Ok(MethodResult::failed(
+            task,
+            &hash,
+            "dpo tasks are not yet supported by the validator (the engine has no DPO training or evaluation on this branch)".into(),
+            0,
+            0.0,
+        ));
+    }
+    check_base(task, base)?;
+    let split = load_split(store, &task.task_id)?;
+    let mut r = if opts.threads > 0 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .build()
+            .map_err(|e| Error::unsupported(format!("building a thread pool: {e}")))?
+            .install(|| run_and_score(&split, task, method, &hash, base, opts))?
+    } else {
+        run_and_score(&split, task, method, &hash, base, opts)?
+    };
+    r.seq = save_result(store, &r, opts, attempts)?;
+    Ok(r)
+}
+
+fn attempt_count(store: &Store, task_id: &str, hash: &str) -> Result<u32> {
+    store
+        .conn()
+        .query_row(
+            "SELECT attempts FROM results WHERE task_id = ?1 AND method_hash = ?2",
+            params![task_id, hash],
+            |r| r.get(0),
+        )
+        .map_err(|e| store.err(e))
+}
+
+fn run_and_score(
+    split: &TaskSplit,
+    task: &Task,
+    method: &Method,
+    hash: &str,
+    base: &BaseModel,
+    opts: &ValidatorOptions,
+) -> Result<MethodResult> {
+    let t0 = Instant::now();
+    let (records, test_records) = load_records(task)?;
+    let task_dir = opts.work_dir.join(&task.task_id);
+    let train_file = write_train_split(task, &records, &split.train, &task_dir)?;
+    let (test_src, test_file) = match (&test_records, &task.test_data) {
+        (Some(t), Some(p)) => (t.as_slice(), p.as_path()),
+        _ => (records.as_slice(), task.dataset.as_path()),
+    };
+    let test = eval_samples(task, base, test_src, &split.test, test_file, opts)?;
+    let synth = eval_samples(task, base, &records, &split.synth, &task.dataset, opts)?;
+    let cap = opts
+        .wall_clock_cap
+        .unwrap_or_else(|| Duration::from_secs_f64(task.hours_to_complete * 3600.0));
+    let run_dir = task_dir.join(&hash[..16]);
+    let run = match run_method(task, method, base, &train_file, &run_dir, opts, cap) {
+        Ok(run) => run,
+        Err(e) => {
+            return Ok(MethodResult::failed(task, hash, format!("training failed: {e}"), 0, t0.elapsed().as_secs_f64()));
+        }
+    };
+    let lw = match LoraWeights::load(&run.adapter_dir, &base.config) {
+        Ok(w) => w,
+        Err(e) => {
+            let why = format!("not a fine-tune of the base model: {e}");
+            let mut r = MethodResult::failed(task, hash, why, run.tokens, t0.elapsed().as_secs_f64());
+            r.search = run.search;
+            return Ok(r);
+        }
+    };
+    let be = CpuBackend::<f32>::new();
+    let mut model = Llama::new(be.clone(), &base.config, &base.weights)?;
+    let lora = LoraState::upload(&be, &lw)?;
+    let tr = evaluate(&mut model, Some(&lora), &test, opts.eval_batch)?;
+    let sr = evaluate(&mut model, Some(&lora), &synth, opts.eval_batch)?;
+    Ok(MethodResult {
+        task_id: task.task_id.clone(),
+        method_hash: hash.to_string(),
+        test_loss: tr.mean_loss,
+        synth_loss: sr.mean_loss,
+        rank_loss: rank_loss(tr.mean_loss, sr.mean_loss),
+        per_sample_test: tr.per_sample_loss,
+        test_rows: tr.rows,
+        adapter_sha256: Some(adapter_sha256(&lw)),
+        adapter_dir: Some(run.adapter_dir),
+        failed: None,
+        tokens: run.tokens,
+        wall_s: t0.elapsed().as_secs_f64(),
+        search: run.search,
+        seq: 0,
+    })
+}
+
+/// A task run to its end: every method's result (in the order given) and the scores.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskRun {
+    /// The results, in the order the methods were given.
+    pub results: Vec<MethodResult>,
+    /// Their scores.
+    pub scores: TaskScores,
+    /// Evaluation attempts made.
+    pub attempts: u32,
+}
+
+/// Run `methods` (earliest submission first) on task `task_id` and score them: the task goes
+/// ready → training → evaluating → success (a valid result exists) or failure. When every
+/// score is 0 the failed pairs are evaluated again, at most [`MAX_EVAL_ATTEMPTS`] in all.
+/// Safe to call again after a crash: finished pairs are read back, not retrained.
+pub fn evaluate_task(
+    store: &Store,
+    task_id: &str,
+    methods: &[Method],
+    base: &BaseModel,
+    opts: &ValidatorOptions,
+) -> Result<TaskRun> {
+    let task = get_task(store, task_id)?;
+    if task.status.is_terminal() {
+        let results = methods
+            .iter()
+            .map(|m| load_result(store, task_id, &m.hash()))
+            .collect::<Result<Option<Vec<_>>>>()?;
+        if let Some(results) = results {
+            let scores = score_task(&results);
+            return Ok(TaskRun { results, scores, attempts: 0 });
+        }
+        return Err(Error::config(
+            format!("task {task_id}"),
+            "status",
+            format!("the task is finished ({}) without results for every method", task.status.as_str()),
+        ));
+    }
+    advance_to(store, task_id, TaskStatus::Training)?;
+    let mut attempt = 1;
+    let run = loop {
+        let results = methods
+            .iter()
+            .map(|m| evaluate_attempt(store, &task, m, base, opts, attempt > 1))
+            .collect::<Result<Vec<_>>>();
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => {
+                set_status(store, task_id, TaskStatus::Failure, Some(&e.to_string()))?;
+                return Err(e);
+            }
+        };
+        let scores = score_task(&results);
+        if !scores.reevaluate || attempt >= MAX_EVAL_ATTEMPTS {
+            break TaskRun { results, scores, attempts: attempt };
+        }
+        attempt += 1;
+    };
+    advance_to(store, task_id, TaskStatus::Evaluating)?;
+    if run.scores.valid > 0 {
+        set_status(store, task_id, TaskStatus::Success, None)?;
+    } else {
+        set_status(store, task_id, TaskStatus::Failure, Some("no valid result"))?;
+    }
+    Ok(run)
+}
