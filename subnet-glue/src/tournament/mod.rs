@@ -20,9 +20,9 @@
 pub mod bootstrap; // significance_gate: paired bootstrap over per-sample losses
 pub mod boss; // margin, decide_task, boss_outcome: the boss round's rules
 pub mod bracket; // knockout_pairs, groups, draw_task_kind
-                 // pub mod run; // TournamentConfig, Submission, run_tournament, Outcome: the resumable runner
-                 // pub mod settle; // pool_input, register_neurons, settle: weights on the local chain, epoch
-                 // pub mod store; // tournament_* tables: runs, matches, champion
+pub mod run; // TournamentConfig, Submission, run_tournament, Outcome: the resumable runner
+pub mod settle; // pool_input, register_neurons, settle: weights on the local chain, epoch
+pub mod store; // tournament_* tables: runs, matches, champion
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -56,7 +56,10 @@ pub struct Entry {
 
 /// The task types a tournament match can be drawn on. Chat tasks are SFT like instruct and
 /// are not drawn separately (the live tournament draws only these three).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum TaskKind {
     /// SFT on instruction/input/output (SPEC §1).
     Instruct,
