@@ -8,6 +8,8 @@
 
 pub mod chain; // Chain trait; LocalChain (SQLite chain_* tables), commit-reveal v2, Yuma epochs
 pub mod weights; // tournament pools, boost, rank decay, burn; u16 quantisation as the SDK does it
+pub mod library; // archive, list, show: winning methods, their task wins and lineage
+pub mod tournament; // Entry, select_entries, brackets, boss round, bootstrap gate, runner
 pub mod fields; // Fields, parse_text: read TOML/JSON user files key by key, errors name the field
 pub mod method; // Method (recipe + budget/checkpoint/search policies), Method::hash
 pub mod runs; // run_method: a method as TrainConfigs: budget split, successive halving, best/last checkpoint

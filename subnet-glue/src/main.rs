@@ -7,6 +7,7 @@ mod bench; // gradients bench: train/eval tokens/s and peak RSS on a real model
 mod cli_chain; // gradients chain init|register|stake|set-weights|advance|epoch|metagraph
 mod cli_method; // gradients method check: a miner's method normalised, with its hash
 mod cli_task; // gradients task create|list|show: task intake and the stored tasks
+mod cli_tournament; // gradients tournament run, gradients library list|show
 mod eval; // gradients eval: SFT test loss (per sample and mean), with or without an adapter
 mod generate; // gradients generate: greedy decoding, optionally with an adapter
 mod inspect; // gradients inspect MODEL
@@ -41,6 +42,12 @@ enum Command {
     Task(cli_task::Args),
     /// Miners' methods: check a method file and print its hash.
     Method(cli_method::Args),
+    /// Local tournaments among miners' methods, ending in weights and emission (SPEC §5–§6).
+    #[command(subcommand)]
+    Tournament(cli_tournament::TournamentCmd),
+    /// The method library: tournament winners, their task wins and lineage.
+    #[command(subcommand)]
+    Library(cli_tournament::LibraryCmd),
 }
 
 fn main() {
@@ -54,6 +61,8 @@ fn main() {
         Command::Chain(args) => cli_chain::run(args),
         Command::Task(args) => cli_task::run(args),
         Command::Method(args) => cli_method::run(args),
+        Command::Tournament(cmd) => cli_tournament::run(cmd),
+        Command::Library(cmd) => cli_tournament::library(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
