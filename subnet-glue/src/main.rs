@@ -7,6 +7,7 @@ mod bench; // gradients bench: train/eval tokens/s and peak RSS on a real model
 mod eval; // gradients eval: SFT test loss (per sample and mean), with or without an adapter
 mod generate; // gradients generate: greedy decoding, optionally with an adapter
 mod inspect; // gradients inspect MODEL
+mod merge; // gradients merge: base + LoRA adapter -> HF model directory
 mod runtime; // RunArgs: --device (with CPU fallback) and --threads for every model command
 mod train; // gradients train --config run.toml: LoRA SFT with checkpoints and resume
 
@@ -32,6 +33,8 @@ enum Command {
     Train(train::Args),
     /// SFT test loss of a model, optionally with an adapter, as one JSON object.
     Eval(eval::Args),
+    /// Merge a LoRA adapter into its base model and write an HF model directory.
+    Merge(merge::Args),
 }
 
 fn main() {
@@ -42,6 +45,7 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Merge(args) => merge::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
