@@ -11,6 +11,7 @@ mod cli_tournament; // gradients tournament run, gradients library list|show
 mod eval; // gradients eval: SFT test loss (per sample and mean), with or without an adapter
 mod generate; // gradients generate: greedy decoding, optionally with an adapter
 mod inspect; // gradients inspect MODEL
+mod merge; // gradients merge: base + LoRA adapter -> HF model directory
 mod runtime; // RunArgs: --device (with CPU fallback) and --threads for every model command
 mod train; // gradients train --config run.toml: LoRA SFT with checkpoints and resume
 
@@ -48,6 +49,8 @@ enum Command {
     /// The method library: tournament winners, their task wins and lineage.
     #[command(subcommand)]
     Library(cli_tournament::LibraryCmd),
+    /// Merge a LoRA adapter into its base model and write an HF model directory.
+    Merge(merge::Args),
 }
 
 fn main() {
@@ -63,6 +66,7 @@ fn main() {
         Command::Method(args) => cli_method::run(args),
         Command::Tournament(cmd) => cli_tournament::run(cmd),
         Command::Library(cmd) => cli_tournament::library(cmd),
+        Command::Merge(args) => merge::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,5 +1,5 @@
 //! LoRA adapters: which projections they target, their hyper-parameters, and (in submodules)
-//! their parameters, initialisation and PEFT-format files.
+//! their parameters, initialisation, PEFT-format files and merging into the base model.
 //!
 //! A LoRA adapter on a Linear weight `W [out, in]` adds `s · B·A` with `A [r, in]`,
 //! `B [out, r]` and `s = alpha / r` (or `alpha / sqrt(r)` with rsLoRA), exactly as PEFT does.
@@ -13,6 +13,7 @@ pub use state::{LoraGrads, LoraPairBufs, LoraState};
 use crate::error::{Error, Result};
 
 pub mod adapter; // LoraWeights::{load, save, from_peft, to_peft}: PEFT dirs <-> LoraWeights
+pub mod merge; // merge_into, merge_model: W + s·B·A written as an HF model directory
 pub mod peft; // PeftAdapter, read_peft_adapter, write_peft_adapter (PEFT adapter dirs)
 
 /// A projection of the Llama block that LoRA can adapt; names are PEFT's module names.
