@@ -24,7 +24,7 @@ fn step(c: &mut Criterion) {
     let m = load_model(&path).expect("model loads");
     let cfg = &m.config;
     let be: CpuBackend = CpuBackend::new();
-    let mut model = Llama::new(be.clone(), cfg, &m.weights).unwrap();
+    let mut model = Llama::from_weights(be.clone(), cfg, m.weights).unwrap();
     let lw = LoraWeights::init(cfg, &LoraConfig::default(), 0).unwrap();
     let mut lora = LoraState::upload(&be, &lw).unwrap();
     let mut grads = lora.zeros_grads(&be).unwrap();

@@ -52,9 +52,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let m = load_model(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
-    let cfg = &m.config;
+    let cfg = &m.config.clone();
+    drop(m.tokenizer); // the benchmark feeds token ids; torch_peft.py loads no tokenizer either
     let be: CpuBackend = CpuBackend::new();
-    let mut model = Llama::new(be.clone(), cfg, &m.weights)?;
+    // the host weights move into the model (one copy in memory, not two)
+    let mut model = Llama::from_weights(be.clone(), cfg, m.weights)?;
     let lcfg = LoraConfig {
         rank: args.rank,
         alpha: 2.0 * args.rank as f32,
@@ -62,6 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let lw = LoraWeights::init(cfg, &lcfg, 0)?;
     let mut lora = LoraState::upload(&be, &lw)?;
+    drop(lw);
     let mut grads = lora.zeros_grads(&be)?;
     let lens: Vec<usize> = lora.params().iter().map(|p| be.len(p)).collect();
     let adam = AdamWConfig {

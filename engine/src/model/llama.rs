@@ -80,101 +80,147 @@ fn check(name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
     Ok(())
 }
 
-impl<B: Backend> Llama<B> {
-    /// Upload `w` (checked against `cfg`) to `be`.
-    pub fn new(be: B, cfg: &ModelConfig, w: &ModelWeights) -> Result<Self> {
-        cfg.validate("model config")?;
-        let (h, qd, kv, f, v) = (
-            cfg.hidden_size,
-            cfg.q_dim(),
-            cfg.kv_dim(),
-            cfg.intermediate_size,
-            cfg.vocab_size,
-        );
-        if w.layers.len() != cfg.num_layers {
+/// Check the config and the model-wide tensors of `w` (the layers are checked one by one as
+/// they are uploaded).
+fn check_top(cfg: &ModelConfig, w: &ModelWeights) -> Result<()> {
+    cfg.validate("model config")?;
+    let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+    if w.layers.len() != cfg.num_layers {
+        return Err(Error::shape(
+            "llama weights",
+            format!(
+                "{} layers for a config of {}",
+                w.layers.len(),
+                cfg.num_layers
+            ),
+        ));
+    }
+    check("embed_tokens", &w.embed, &[v, h])?;
+    check("norm", &w.final_norm, &[h])?;
+    match &w.lm_head {
+        Some(lm) => check("lm_head", lm, &[v, h]),
+        None if !cfg.tie_word_embeddings => Err(Error::shape(
+            "llama weights",
+            "lm_head: missing, and tie_word_embeddings is false",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Check block `i`'s weights against `cfg` and upload them to `be`.
+fn upload_layer<B: Backend>(
+    be: &B,
+    cfg: &ModelConfig,
+    i: usize,
+    l: &LayerWeights,
+) -> Result<DeviceLayer<B>> {
+    let (h, qd, kv, f) = (
+        cfg.hidden_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.intermediate_size,
+    );
+    let up = |t: &Tensor| be.upload(&t.data);
+    let LayerWeights {
+        attn_norm,
+        wq,
+        wk,
+        wv,
+        wo,
+        bq,
+        bk,
+        bv,
+        mlp_norm,
+        w_gate,
+        w_up,
+        w_down,
+    } = l;
+    let p = |s: &str| format!("layers.{i}.{s}");
+    check(&p("input_layernorm"), attn_norm, &[h])?;
+    check(&p("self_attn.q_proj"), wq, &[qd, h])?;
+    check(&p("self_attn.k_proj"), wk, &[kv, h])?;
+    check(&p("self_attn.v_proj"), wv, &[kv, h])?;
+    check(&p("self_attn.o_proj"), wo, &[h, qd])?;
+    check(&p("post_attention_layernorm"), mlp_norm, &[h])?;
+    check(&p("mlp.gate_proj"), w_gate, &[f, h])?;
+    check(&p("mlp.up_proj"), w_up, &[f, h])?;
+    check(&p("mlp.down_proj"), w_down, &[h, f])?;
+    let bias = match (bq, bk, bv) {
+        (Some(bq), Some(bk), Some(bv)) => {
+            check(&p("self_attn.q_proj.bias"), bq, &[qd])?;
+            check(&p("self_attn.k_proj.bias"), bk, &[kv])?;
+            check(&p("self_attn.v_proj.bias"), bv, &[kv])?;
+            Some([up(bq)?, up(bk)?, up(bv)?])
+        }
+        (None, None, None) if !cfg.attention_bias => None,
+        _ => {
             return Err(Error::shape(
                 "llama weights",
                 format!(
-                    "{} layers for a config of {}",
-                    w.layers.len(),
-                    cfg.num_layers
+                    "{}: q/k/v biases must all be present (attention_bias)",
+                    p("self_attn")
                 ),
-            ));
+            ))
         }
-        check("embed_tokens", &w.embed, &[v, h])?;
-        check("norm", &w.final_norm, &[h])?;
-        match &w.lm_head {
-            Some(lm) => check("lm_head", lm, &[v, h])?,
-            None if !cfg.tie_word_embeddings => {
-                return Err(Error::shape(
-                    "llama weights",
-                    "lm_head: missing, and tie_word_embeddings is false",
-                ))
-            }
-            None => {}
-        }
+    };
+    Ok(DeviceLayer {
+        attn_norm: up(attn_norm)?,
+        wq: up(wq)?,
+        wk: up(wk)?,
+        wv: up(wv)?,
+        wo: up(wo)?,
+        bias,
+        mlp_norm: up(mlp_norm)?,
+        w_gate: up(w_gate)?,
+        w_up: up(w_up)?,
+        w_down: up(w_down)?,
+    })
+}
+
+impl<B: Backend> Llama<B> {
+    /// Upload `w` (checked against `cfg`) to `be`.
+    pub fn new(be: B, cfg: &ModelConfig, w: &ModelWeights) -> Result<Self> {
+        check_top(cfg, w)?;
         let up = |t: &Tensor| be.upload(&t.data);
-        let mut layers = Vec::with_capacity(w.layers.len());
-        for (i, l) in w.layers.iter().enumerate() {
-            let LayerWeights {
-                attn_norm,
-                wq,
-                wk,
-                wv,
-                wo,
-                bq,
-                bk,
-                bv,
-                mlp_norm,
-                w_gate,
-                w_up,
-                w_down,
-            } = l;
-            let p = |s: &str| format!("layers.{i}.{s}");
-            check(&p("input_layernorm"), attn_norm, &[h])?;
-            check(&p("self_attn.q_proj"), wq, &[qd, h])?;
-            check(&p("self_attn.k_proj"), wk, &[kv, h])?;
-            check(&p("self_attn.v_proj"), wv, &[kv, h])?;
-            check(&p("self_attn.o_proj"), wo, &[h, qd])?;
-            check(&p("post_attention_layernorm"), mlp_norm, &[h])?;
-            check(&p("mlp.gate_proj"), w_gate, &[f, h])?;
-            check(&p("mlp.up_proj"), w_up, &[f, h])?;
-            check(&p("mlp.down_proj"), w_down, &[h, f])?;
-            let bias = match (bq, bk, bv) {
-                (Some(bq), Some(bk), Some(bv)) => {
-                    check(&p("self_attn.q_proj.bias"), bq, &[qd])?;
-                    check(&p("self_attn.k_proj.bias"), bk, &[kv])?;
-                    check(&p("self_attn.v_proj.bias"), bv, &[kv])?;
-                    Some([up(bq)?, up(bk)?, up(bv)?])
-                }
-                (None, None, None) if !cfg.attention_bias => None,
-                _ => {
-                    return Err(Error::shape(
-                        "llama weights",
-                        format!(
-                            "{}: q/k/v biases must all be present (attention_bias)",
-                            p("self_attn")
-                        ),
-                    ))
-                }
-            };
-            layers.push(DeviceLayer {
-                attn_norm: up(attn_norm)?,
-                wq: up(wq)?,
-                wk: up(wk)?,
-                wv: up(wv)?,
-                wo: up(wo)?,
-                bias,
-                mlp_norm: up(mlp_norm)?,
-                w_gate: up(w_gate)?,
-                w_up: up(w_up)?,
-                w_down: up(w_down)?,
-            });
-        }
+        let layers = w
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| upload_layer(&be, cfg, i, l))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Llama {
             embed: up(&w.embed)?,
             final_norm: up(&w.final_norm)?,
             lm_head: w.lm_head.as_ref().map(up).transpose()?,
+            layers,
+            rope: None,
+            train_plan: None,
+            eval_plan: None,
+            cfg: cfg.clone(),
+            be,
+        })
+    }
+
+    /// Like [`Llama::new`], but takes the host weights and frees each tensor once it is on the
+    /// backend, so the host and backend copies of the model never coexist (on the CPU backend
+    /// this halves the weights' share of the peak memory).
+    pub fn from_weights(be: B, cfg: &ModelConfig, w: ModelWeights) -> Result<Self> {
+        check_top(cfg, &w)?;
+        let ModelWeights {
+            embed,
+            layers: host_layers,
+            final_norm,
+            lm_head,
+        } = w;
+        let embed = be.upload(&embed.data)?; // the host tensor is dropped here
+        let mut layers = Vec::with_capacity(host_layers.len());
+        for (i, l) in host_layers.into_iter().enumerate() {
+            layers.push(upload_layer(&be, cfg, i, &l)?);
+        }
+        Ok(Llama {
+            embed,
+            final_norm: be.upload(&final_norm.data)?,
+            lm_head: lm_head.map(|t| be.upload(&t.data)).transpose()?,
             layers,
             rope: None,
             train_plan: None,
@@ -236,15 +282,17 @@ impl<B: Backend> Llama<B> {
         Ok(())
     }
 
-    /// Run embedding, all blocks and the final norm of `batch` into `plan` (the stored
-    /// residuals, `plan.acts` per block or the single recompute slot, `plan.xf`).
+    /// Run embedding, all blocks and the final norm of `batch` into a plan (the stored
+    /// residuals, `plan.acts` per block or the single recompute slot, `plan.xf`). A forward-only
+    /// pass runs in the training plan when that one fits (no second set of buffers), else in
+    /// the eval plan. Returns whether the training plan was used.
     fn forward_into(
         &mut self,
         train: bool,
         batch: &Batch,
         lora: Option<&LoraState<B>>,
         opts: &StepOptions,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         batch.validate(self.cfg.vocab_size)?;
         self.check_lora(lora)?;
         self.ensure_rope(batch.max_position())?;
@@ -266,14 +314,9 @@ impl<B: Backend> Llama<B> {
             saved,
             grads: train,
         };
-        let slot = if train {
-            &mut self.train_plan
-        } else {
-            &mut self.eval_plan
-        };
         // a plan with more buffers serves a step that needs fewer: all blocks' activations
         // serve a recompute step, LoRA buffers a base-model pass (DPO's reference), dropout
-        // scratch a step without dropout
+        // scratch a step without dropout, a training plan an evaluation
         let fits = |pl: &Plan<B>| {
             let k = &pl.key;
             k.dims == key.dims
@@ -281,6 +324,12 @@ impl<B: Backend> Llama<B> {
                 && (k.lora == key.lora || key.lora.is_none())
                 && k.dropout >= key.dropout
                 && k.grads >= key.grads
+        };
+        let use_train = train || self.train_plan.as_ref().is_some_and(fits);
+        let slot = if use_train {
+            &mut self.train_plan
+        } else {
+            &mut self.eval_plan
         };
         if !slot.as_ref().is_some_and(fits) {
             *slot = None; // free the old plan before allocating the new one
@@ -305,20 +354,29 @@ impl<B: Backend> Llama<B> {
         self.be
             .embedding(&mut plan.residual[0], &self.embed, &batch.input_ids, d.h)?;
         for (l, w) in self.layers.iter().enumerate() {
-            let (done, rest) = plan.residual.split_at_mut(l + 1);
+            let (i, o) = (plan.res(l), plan.res(l + 1));
+            // the input and output residuals of the block: two distinct buffers
+            let (x_in, x_out) = if i < o {
+                let (lo, hi) = plan.residual.split_at_mut(o);
+                (&lo[i], &mut hi[0])
+            } else {
+                let (lo, hi) = plan.residual.split_at_mut(i);
+                (&hi[0], &mut lo[o])
+            };
             // `saved` is what this step needs (the plan may hold more)
             let acts = &mut plan.acts[if saved == 1 { 0 } else { l }];
             cx.layer_forward(
-                Some(&mut rest[0]),
+                Some(x_out),
                 acts,
+                &mut plan.recomp,
                 &mut plan.proj,
                 plan.drop.as_mut(),
-                &done[l],
+                x_in,
                 w,
                 l,
             )?;
         }
-        let last = &plan.residual[self.cfg.num_layers];
+        let last = &plan.residual[plan.res(self.cfg.num_layers)];
         self.be.rmsnorm_forward(
             &mut plan.xf,
             &mut plan.rstd_f,
@@ -327,7 +385,18 @@ impl<B: Backend> Llama<B> {
             d.n,
             d.h,
             cx.eps,
-        )
+        )?;
+        Ok(use_train)
+    }
+
+    /// The plan the last [`Llama::forward_into`] ran in.
+    fn used_plan(&self, train: bool) -> Result<&Plan<B>> {
+        let plan = if train {
+            self.train_plan.as_ref()
+        } else {
+            self.eval_plan.as_ref()
+        };
+        plan.ok_or_else(|| Error::unsupported("llama: plan missing"))
     }
 
     /// One training step's forward and backward: returns the mean loss and overwrites (or, with
@@ -399,6 +468,7 @@ impl<B: Backend> Llama<B> {
                 cx.layer_forward(
                     None,
                     &mut plan.acts[0],
+                    &mut plan.recomp,
                     &mut plan.proj,
                     plan.drop.as_mut(),
                     &plan.residual[l],
@@ -411,6 +481,7 @@ impl<B: Backend> Llama<B> {
                 g,
                 grads,
                 plan.drop.as_mut(),
+                &mut plan.recomp,
                 &plan.acts[idx],
                 &plan.residual[l],
                 w,
@@ -432,13 +503,11 @@ impl<B: Backend> Llama<B> {
     /// Per-token losses `[batch*seq]` of `batch` (0 where the target is ignored), without
     /// dropout and without keeping per-block activations.
     pub fn forward_loss(&mut self, batch: &Batch, lora: Option<&LoraState<B>>) -> Result<Vec<f32>> {
-        self.forward_into(false, batch, lora, &StepOptions::default())?;
+        let used = self.forward_into(false, batch, lora, &StepOptions::default())?;
         let targets = batch.targets();
         let d = self.dims(batch.batch, batch.seq);
         let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let Some(plan) = self.eval_plan.as_ref() else {
-            return Err(Error::unsupported("llama: eval plan missing"));
-        };
+        let plan = self.used_plan(used)?;
         self.be
             .cross_entropy(None, &plan.xf, lm_head, &targets, d.n, d.h, d.vocab, 1.0)
     }
@@ -451,11 +520,9 @@ impl<B: Backend> Llama<B> {
             labels: &labels,
         };
         let batch = Batch::unpacked(&[sample], ids.len(), self.cfg.vocab_size)?;
-        self.forward_into(false, &batch, lora, &StepOptions::default())?;
+        let used = self.forward_into(false, &batch, lora, &StepOptions::default())?;
         let h = self.cfg.hidden_size;
-        let Some(plan) = self.eval_plan.as_ref() else {
-            return Err(Error::unsupported("llama: eval plan missing"));
-        };
+        let plan = self.used_plan(used)?;
         let xf = self.be.download(&plan.xf)?;
         let last = self.be.upload(&xf[(ids.len() - 1) * h..])?;
         let mut logits = self.be.alloc(self.cfg.vocab_size)?;

@@ -10,14 +10,24 @@
 //! the residual gradient `dres` accumulates (`+=`) through both norms of the block; `dxn`,
 //! `datt`, `dact` overwrite on their first contribution (q, gate) and accumulate the others
 //! (k, v, up).
+//!
+//! The inputs of the adapted Linears that the forward does not keep (the two normed inputs,
+//! the SwiGLU product) are rebuilt here into `Recomputed` by the forward's own ops, only for
+//! blocks whose Linears they feed are adapted; frozen Linears never read their input here.
 
 use super::llama_forward::{Ctx, DeviceLayer};
-use super::plan::{DropScratch, GradScratch, LayerActs};
+use super::plan::{DropScratch, GradScratch, LayerActs, Recomputed};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::lora::{LoraGrads, Target};
 
 impl<B: Backend> Ctx<'_, B> {
+    /// Whether any of `targets` of `layer` is adapted (its backward reads the Linear's input).
+    fn adapted(&self, layer: usize, targets: &[Target]) -> bool {
+        self.lora
+            .is_some_and(|s| targets.iter().any(|&t| s.get(layer, t).is_some()))
+    }
+
     /// Backward of [`Ctx::linear_forward`]: `dx = dx_beta·dx + ∂/∂X`, LoRA grads of `(layer, t)`
     /// overwritten (or `+=` when `self.accumulate`). `u` is the saved `[n, r]` bottleneck, `t_r`
     /// an `[n, r]` scratch.
@@ -81,13 +91,14 @@ impl<B: Backend> Ctx<'_, B> {
 
 /// Backward of block `layer`: reads `g.dres` (∂loss/∂block output), leaves ∂loss/∂block
 /// input in it, and overwrites the block's LoRA gradients in `grads`. `a` holds the block's
-/// forward activations, `x_in` its input.
+/// forward activations, `x_in` its input; `rc` is scratch for what the forward did not keep.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_backward<B: Backend>(
     cx: &Ctx<'_, B>,
     g: &mut GradScratch<B>,
     grads: &mut LoraGrads<B>,
     mut drop: Option<&mut DropScratch<B>>,
+    rc: &mut Recomputed<B>,
     a: &LayerActs<B>,
     x_in: &B::Buf,
     w: &DeviceLayer<B>,
@@ -96,6 +107,9 @@ pub(crate) fn layer_backward<B: Backend>(
     let (be, d) = (cx.be, &cx.d);
     let u = |t: Target| a.lora_u[t as usize].as_ref();
     // MLP: x_out = x_mid + down(silu(gate(xn2))·up(xn2)), xn2 = rmsnorm(x_mid)
+    if cx.adapted(layer, &[Target::Down]) {
+        be.swiglu_forward(&mut rc.act, &a.gate, &a.up)?;
+    }
     cx.linear_backward(
         &mut g.dact,
         0.0,
@@ -103,13 +117,25 @@ pub(crate) fn layer_backward<B: Backend>(
         g.t_r.as_mut(),
         drop.as_deref_mut(),
         &g.dres,
-        &a.act,
+        &rc.act,
         &w.w_down,
         u(Target::Down),
         layer,
         Target::Down,
     )?;
     be.swiglu_backward(&mut g.dgate, &mut g.dup, &g.dact, &a.gate, &a.up)?;
+    if cx.adapted(layer, &[Target::Gate, Target::Up]) {
+        let eps = cx.eps;
+        be.rmsnorm_forward(
+            &mut rc.xn,
+            &mut rc.rstd,
+            &a.x_mid,
+            &w.mlp_norm,
+            d.n,
+            d.h,
+            eps,
+        )?;
+    }
     cx.linear_backward(
         &mut g.dxn,
         0.0,
@@ -117,7 +143,7 @@ pub(crate) fn layer_backward<B: Backend>(
         g.t_r.as_mut(),
         drop.as_deref_mut(),
         &g.dgate,
-        &a.xn2,
+        &rc.xn,
         &w.w_gate,
         u(Target::Gate),
         layer,
@@ -130,7 +156,7 @@ pub(crate) fn layer_backward<B: Backend>(
         g.t_r.as_mut(),
         drop.as_deref_mut(),
         &g.dup,
-        &a.xn2,
+        &rc.xn,
         &w.w_up,
         u(Target::Up),
         layer,
@@ -165,6 +191,10 @@ pub(crate) fn layer_backward<B: Backend>(
     )?;
     be.rope(&mut g.dq, cx.rope, cx.positions, d.n, d.heads, true)?;
     be.rope(&mut g.dk, cx.rope, cx.positions, d.n, d.kv_heads, true)?;
+    if cx.adapted(layer, &[Target::Q, Target::K, Target::V]) {
+        let eps = cx.eps;
+        be.rmsnorm_forward(&mut rc.xn, &mut rc.rstd, x_in, &w.attn_norm, d.n, d.h, eps)?;
+    }
     cx.linear_backward(
         &mut g.dxn,
         0.0,
@@ -172,7 +202,7 @@ pub(crate) fn layer_backward<B: Backend>(
         g.t_r.as_mut(),
         drop.as_deref_mut(),
         &g.dq,
-        &a.xn1,
+        &rc.xn,
         &w.wq,
         u(Target::Q),
         layer,
@@ -185,7 +215,7 @@ pub(crate) fn layer_backward<B: Backend>(
         g.t_r.as_mut(),
         drop.as_deref_mut(),
         &g.dk,
-        &a.xn1,
+        &rc.xn,
         &w.wk,
         u(Target::K),
         layer,
@@ -198,7 +228,7 @@ pub(crate) fn layer_backward<B: Backend>(
         g.t_r.as_mut(),
         drop,
         &g.dv,
-        &a.xn1,
+        &rc.xn,
         &w.wv,
         u(Target::V),
         layer,

@@ -4,7 +4,7 @@
 //! residual), plus the block's frozen weights on the backend. The model API that drives it
 //! is in `llama.rs`, the backward in `llama_backward.rs`, the buffers in `plan.rs`.
 
-use super::plan::{Dims, DropScratch, LayerActs};
+use super::plan::{Dims, DropScratch, LayerActs, Recomputed};
 use crate::backend::{Backend, RopeTable};
 use crate::error::Result;
 use crate::lora::{counter_hash, LoraState, Target};
@@ -109,13 +109,15 @@ impl<B: Backend> Ctx<'_, B> {
         Ok(())
     }
 
-    /// One block: `x_in [n, h]` → `x_out [n, h]`, filling `a`. With `x_out = None` the block
-    /// stops after the last Linear's LoRA bottleneck (all its backward needs).
+    /// One block: `x_in [n, h]` → `x_out [n, h]`, filling `a` (the normed inputs and the SwiGLU
+    /// product go to the scratch `rc`, not kept). With `x_out = None` the block stops after the
+    /// last Linear's LoRA bottleneck (all its backward needs).
     #[allow(clippy::too_many_arguments)]
     pub fn layer_forward(
         &self,
         x_out: Option<&mut B::Buf>,
         a: &mut LayerActs<B>,
+        rc: &mut Recomputed<B>,
         proj: &mut B::Buf,
         mut drop: Option<&mut DropScratch<B>>,
         x_in: &B::Buf,
@@ -124,7 +126,7 @@ impl<B: Backend> Ctx<'_, B> {
     ) -> Result<()> {
         let (be, d) = (self.be, &self.d);
         be.rmsnorm_forward(
-            &mut a.xn1,
+            &mut rc.xn,
             &mut a.rstd1,
             x_in,
             &w.attn_norm,
@@ -141,7 +143,7 @@ impl<B: Backend> Ctx<'_, B> {
         self.linear_forward(
             Some(&mut a.q),
             uq.as_mut(),
-            &a.xn1,
+            &rc.xn,
             wq,
             bq,
             layer,
@@ -151,7 +153,7 @@ impl<B: Backend> Ctx<'_, B> {
         self.linear_forward(
             Some(&mut a.k),
             uk.as_mut(),
-            &a.xn1,
+            &rc.xn,
             wk,
             bk,
             layer,
@@ -161,7 +163,7 @@ impl<B: Backend> Ctx<'_, B> {
         self.linear_forward(
             Some(&mut a.v),
             uv.as_mut(),
-            &a.xn1,
+            &rc.xn,
             wv,
             bv,
             layer,
@@ -196,7 +198,7 @@ impl<B: Backend> Ctx<'_, B> {
         be.copy(&mut a.x_mid, x_in)?;
         be.axpy(&mut a.x_mid, 1.0, proj)?;
         be.rmsnorm_forward(
-            &mut a.xn2,
+            &mut rc.xn,
             &mut a.rstd2,
             &a.x_mid,
             &w.mlp_norm,
@@ -207,7 +209,7 @@ impl<B: Backend> Ctx<'_, B> {
         self.linear_forward(
             Some(&mut a.gate),
             ug.as_mut(),
-            &a.xn2,
+            &rc.xn,
             &w.w_gate,
             None,
             layer,
@@ -217,20 +219,20 @@ impl<B: Backend> Ctx<'_, B> {
         self.linear_forward(
             Some(&mut a.up),
             uu.as_mut(),
-            &a.xn2,
+            &rc.xn,
             &w.w_up,
             None,
             layer,
             Target::Up,
             drop.as_deref_mut(),
         )?;
-        be.swiglu_forward(&mut a.act, &a.gate, &a.up)?;
+        be.swiglu_forward(&mut rc.act, &a.gate, &a.up)?;
         match x_out {
             Some(x_out) => {
                 self.linear_forward(
                     Some(proj),
                     ud.as_mut(),
-                    &a.act,
+                    &rc.act,
                     &w.w_down,
                     None,
                     layer,
@@ -243,7 +245,7 @@ impl<B: Backend> Ctx<'_, B> {
             None => self.linear_forward(
                 None,
                 ud.as_mut(),
-                &a.act,
+                &rc.act,
                 &w.w_down,
                 None,
                 layer,

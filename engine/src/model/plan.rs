@@ -60,12 +60,13 @@ pub(crate) struct PlanKey {
     pub grads: bool,
 }
 
-/// The activations of one decoder block that its backward reads.
+/// The activations of one decoder block that its backward reads. What is cheap to recompute
+/// is not kept: the normed inputs of q/k/v and gate/up (one rmsnorm pass each) and the SwiGLU
+/// product (one elementwise pass) are rebuilt in [`Recomputed`] by the backward, with the
+/// same ops on the same inputs, hence the same bits.
 pub(crate) struct LayerActs<B: Backend> {
     /// `[n]` 1/rms of the block input.
     pub rstd1: B::Buf,
-    /// `[n, h]` normed input (input of q/k/v).
-    pub xn1: B::Buf,
     /// `[n, qd]` queries after RoPE.
     pub q: B::Buf,
     /// `[n, kv]` keys after RoPE.
@@ -80,16 +81,23 @@ pub(crate) struct LayerActs<B: Backend> {
     pub x_mid: B::Buf,
     /// `[n]` 1/rms of `x_mid`.
     pub rstd2: B::Buf,
-    /// `[n, h]` normed `x_mid` (input of gate/up).
-    pub xn2: B::Buf,
     /// `[n, f]` gate projection.
     pub gate: B::Buf,
     /// `[n, f]` up projection.
     pub up: B::Buf,
-    /// `[n, f]` silu(gate)·up (input of down_proj).
-    pub act: B::Buf,
     /// `[n, r]` per adapted target: `drop(X)·Aᵀ`, the LoRA bottleneck.
     pub lora_u: [Option<B::Buf>; 7],
+}
+
+/// The block intermediates that are recomputed instead of saved, one set for all layers: the
+/// forward writes them and uses them at once, the backward rebuilds them per layer.
+pub(crate) struct Recomputed<B: Backend> {
+    /// `[n, h]` an rmsnorm output: the input of q/k/v, then of gate/up.
+    pub xn: B::Buf,
+    /// `[n]` its 1/rms when rebuilt by the backward (equal to the saved one).
+    pub rstd: B::Buf,
+    /// `[n, f]` silu(gate)·up (input of down_proj).
+    pub act: B::Buf,
 }
 
 /// Two `[n, in]` scratch buffers per LoRA input width, for dropout (forward: `drop(X)`;
@@ -144,10 +152,13 @@ pub(crate) struct GradScratch<B: Backend> {
 pub(crate) struct Plan<B: Backend> {
     /// What it was allocated for.
     pub key: PlanKey,
-    /// `(num_layers + 1) × [n, h]`: the embedding, then each block's output.
+    /// `(num_layers + 1) × [n, h]`: the embedding, then each block's output; only two (used
+    /// in turn, see [`Plan::res`]) in a plan without gradients.
     pub residual: Vec<B::Buf>,
     /// `saved × LayerActs`.
     pub acts: Vec<LayerActs<B>>,
+    /// Normed inputs and the SwiGLU product, rebuilt rather than saved.
+    pub recomp: Recomputed<B>,
     /// `[n, h]` output of o_proj / down_proj before the residual add.
     pub proj: B::Buf,
     /// `[n, h]` final normed hidden (input of the lm_head).
@@ -177,7 +188,6 @@ impl<B: Backend> Plan<B> {
             }
             acts.push(LayerActs {
                 rstd1: alloc(n)?,
-                xn1: alloc(n * d.h)?,
                 q: alloc(n * d.qd)?,
                 k: alloc(n * d.kv)?,
                 v: alloc(n * d.kv)?,
@@ -185,14 +195,14 @@ impl<B: Backend> Plan<B> {
                 lse: alloc(n * d.heads)?,
                 x_mid: alloc(n * d.h)?,
                 rstd2: alloc(n)?,
-                xn2: alloc(n * d.h)?,
                 gate: alloc(n * d.f)?,
                 up: alloc(n * d.f)?,
-                act: alloc(n * d.f)?,
                 lora_u,
             });
         }
-        let residual = (0..=num_layers)
+        // a forward-only pass needs the current block's input and output only
+        let kept = if key.grads { num_layers + 1 } else { 2 };
+        let residual = (0..kept)
             .map(|_| alloc(n * d.h))
             .collect::<Result<Vec<_>>>()?;
         let drop = if key.dropout {
@@ -223,6 +233,11 @@ impl<B: Backend> Plan<B> {
         Ok(Plan {
             residual,
             acts,
+            recomp: Recomputed {
+                xn: alloc(n * d.h)?,
+                rstd: alloc(n)?,
+                act: alloc(n * d.f)?,
+            },
             proj: alloc(n * d.h)?,
             xf: alloc(n * d.h)?,
             rstd_f: alloc(n)?,
@@ -230,5 +245,15 @@ impl<B: Backend> Plan<B> {
             grads,
             key,
         })
+    }
+
+    /// Index in [`Plan::residual`] of the input of block `l` (`l = num_layers`: the last
+    /// block's output): `l` when every residual is kept, else `l mod 2`.
+    pub fn res(&self, l: usize) -> usize {
+        if self.residual.len() > 2 {
+            l
+        } else {
+            l % 2
+        }
     }
 }
