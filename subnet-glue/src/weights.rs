@@ -287,8 +287,8 @@ mod tests {
         let (uids, vals) = quantize_u16(&w).unwrap();
         assert_eq!(uids, vec![1, 2, 3]);
         assert_eq!(vals, vec![2, 2, 65535]);
-        // Scaling all weights changes nothing (max-normalised).
-        let w2: Vec<(u16, f64)> = w.iter().map(|&(u, x)| (u, x * 7.0)).collect();
+        // Scaling all weights (by a power of two, exact in binary) changes nothing.
+        let w2: Vec<(u16, f64)> = w.iter().map(|&(u, x)| (u, x * 8.0)).collect();
         assert_eq!(quantize_u16(&w2).unwrap(), (uids, vals));
     }
 
