@@ -122,7 +122,7 @@ fn kind(v: &Value) -> &'static str {
 
 /// Check `lo <= v <= hi` for a finite `v`, naming `field`.
 pub fn check_f64(f: &Fields, name: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
-    if !(v.is_finite() && v >= lo && v <= hi) {
+    if !(v.is_finite() && (lo..=hi).contains(&v)) {
         return Err(f.error(name, format!("must be in [{lo}, {hi}], got {v}")));
     }
     Ok(())
@@ -130,7 +130,7 @@ pub fn check_f64(f: &Fields, name: &str, v: f64, lo: f64, hi: f64) -> Result<()>
 
 /// Check `lo <= v <= hi`, naming `field`.
 pub fn check_u64(f: &Fields, name: &str, v: u64, lo: u64, hi: u64) -> Result<()> {
-    if v < lo || v > hi {
+    if !(lo..=hi).contains(&v) {
         return Err(f.error(name, format!("must be in {lo}..={hi}, got {v}")));
     }
     Ok(())

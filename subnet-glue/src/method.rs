@@ -194,7 +194,7 @@ const LR_RANGE: (f64, f64) = (1e-7, 0.1);
 const R_RANGE: (usize, usize) = (1, 256);
 
 fn range_f(source: &str, field: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
-    if !(v.is_finite() && v >= lo && v <= hi) {
+    if !(v.is_finite() && (lo..=hi).contains(&v)) {
         return Err(Error::config(
             source,
             field,
@@ -205,7 +205,7 @@ fn range_f(source: &str, field: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
 }
 
 fn range_u(source: &str, field: &str, v: u64, lo: u64, hi: u64) -> Result<()> {
-    if v < lo || v > hi {
+    if !(lo..=hi).contains(&v) {
         return Err(Error::config(
             source,
             field,
@@ -346,7 +346,13 @@ impl Method {
             R_RANGE.0 as u64,
             R_RANGE.1 as u64,
         )?;
-        range_f(source, "lora.alpha", l.alpha, f64::MIN_POSITIVE, 4096.0)?;
+        if !(l.alpha.is_finite() && l.alpha > 0.0 && l.alpha <= 4096.0) {
+            return Err(Error::config(
+                source,
+                "lora.alpha",
+                format!("must be in (0, 4096], got {}", l.alpha),
+            ));
+        }
         range_f(source, "lora.dropout", l.dropout, 0.0, 0.5)?;
         if l.targets.is_empty() {
             return Err(Error::config(
