@@ -21,7 +21,9 @@
 //!   wall-clock budget are checked between steps (the budget with 1.5× the slowest step
 //!   plus the last save's time as a margin); both save a checkpoint and return normally.
 //! - Files in `output_dir`: `metrics.jsonl` (one JSON object per step, and per evaluation),
-//!   `checkpoints/` (checkpoint.rs) and `adapter/` (the final PEFT adapter).
+//!   `loss.svg` (plot.rs; redrawn after every evaluation and at the end), `checkpoints/`
+//!   (checkpoint.rs), `adapter/` (the final PEFT adapter) and, with `keep_best`, `best/`
+//!   (the adapter of the lowest test loss, periodic or final; a tie keeps the earlier).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,10 +33,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use super::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
+use super::checkpoint::{
+    best_dir, latest_checkpoint, load_checkpoint, read_best, save_best, save_checkpoint,
+    BestRecord, TrainerState,
+};
 use super::config::{resolve_asset, TrainConfig};
 use super::metrics::Metrics;
 use super::plan::{micro_batch, plan_steps, prepare_data};
+use super::plot::write_loss_curve;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::data::{TextTokenizer, TokenizedSample};
@@ -153,6 +159,8 @@ pub struct TrainSummary {
     pub adapter_dir: PathBuf,
     /// The last checkpoint.
     pub checkpoint_dir: PathBuf,
+    /// With `keep_best`: the step and test loss of the adapter kept in `output_dir/best/`.
+    pub best: Option<BestRecord>,
 }
 
 /// A flag set by SIGINT or SIGTERM (a second signal while it is set ends the process).
@@ -289,6 +297,16 @@ pub fn train_model(
     let mut lora = LoraState::upload(&be, &lw)?;
     let mut grads = lora.zeros_grads(&be)?;
     let mut metrics = Metrics::open(&out.join("metrics.jsonl"), state.step)?;
+    // a fresh run forgets an old run's best adapter; a resumed one carries on from it
+    let mut best = if state.step == 0 {
+        let bd = best_dir(out);
+        if bd.exists() {
+            std::fs::remove_dir_all(&bd).map_err(|e| Error::io(&bd, e))?;
+        }
+        None
+    } else {
+        read_best(out)?
+    };
     let resumed_from = state.step;
     on_event(Event::Start {
         train_samples: train_set.len(),
@@ -432,6 +450,9 @@ pub fn train_model(
                 adapter: true,
                 result: &r,
             });
+            let ctx = (cfg, &be, &lora, base_name);
+            update_best(ctx, &mut lw, &mut best, step_no, r.mean_loss)?;
+            write_loss_curve(out)?;
         }
         if cfg.save_every > 0 && step_no % cfg.save_every == 0 && !last {
             let ts = Instant::now();
@@ -473,7 +494,10 @@ pub fn train_model(
             result: &r,
         });
         final_test_loss = Some(r.mean_loss);
+        let ctx = (cfg, &be, &lora, base_name);
+        update_best(ctx, &mut lw, &mut best, state.step, r.mean_loss)?;
     }
+    write_loss_curve(out)?;
     Ok(TrainSummary {
         steps: state.step,
         resumed_from,
@@ -489,5 +513,28 @@ pub fn train_model(
         final_test_loss,
         adapter_dir,
         checkpoint_dir: ckpt,
+        best,
     })
+}
+
+/// With `keep_best`, save the adapter as `best/` when `loss` (after `step` steps) is lower
+/// than the kept one's.
+fn update_best<B: Backend>(
+    (cfg, be, lora, base_name): (&TrainConfig, &B, &LoraState<B>, &str),
+    lw: &mut LoraWeights,
+    best: &mut Option<BestRecord>,
+    step: u64,
+    loss: f64,
+) -> Result<()> {
+    if !cfg.keep_best || !loss.is_finite() || best.as_ref().is_some_and(|b| b.test_loss <= loss) {
+        return Ok(());
+    }
+    lora.download(be, lw)?;
+    let rec = BestRecord {
+        step,
+        test_loss: loss,
+    };
+    save_best(&cfg.output_dir, lw, &rec, base_name)?;
+    *best = Some(rec);
+    Ok(())
 }
