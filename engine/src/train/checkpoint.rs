@@ -6,6 +6,9 @@
 //! Writes are atomic: everything goes into a `.tmp-…` directory that is renamed into place
 //! once complete, then `checkpoints/latest` (written with io.rs's `write_atomic`) names it.
 //! A crash mid-save leaves the previous checkpoint intact. trainer.rs saves and resumes.
+//!
+//! With `keep_best`, `<output>/best/` holds the adapter of the lowest test loss so far (a
+//! PEFT directory) and `best.json` ([`BestRecord`]); it is replaced by a directory rename.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -138,6 +141,61 @@ pub fn latest_checkpoint(output: &Path) -> Result<Option<PathBuf>> {
         .last()
         .map(|&s| root.join(format!("step-{s:08}")))
         .filter(|d| d.join("trainer_state.json").is_file()))
+}
+
+/// What `best/best.json` says about the kept adapter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BestRecord {
+    /// Steps done when the adapter was evaluated.
+    pub step: u64,
+    /// Its mean test loss.
+    pub test_loss: f64,
+}
+
+/// The directory of the kept best adapter.
+pub fn best_dir(output: &Path) -> PathBuf {
+    output.join("best")
+}
+
+/// Replace `<output>/best/` with `lora` and `record` (written aside, then renamed).
+pub fn save_best(
+    output: &Path,
+    lora: &LoraWeights,
+    record: &BestRecord,
+    base_model: &str,
+) -> Result<PathBuf> {
+    let dir = best_dir(output);
+    let tmp = output.join(".tmp-best");
+    let old = output.join(".old-best");
+    for d in [&tmp, &old] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+    }
+    lora.save(&tmp, base_model)?;
+    let json = serde_json::to_vec_pretty(record)
+        .map_err(|e| Error::format(&tmp.join("best.json"), e.to_string()))?;
+    write_atomic(&tmp.join("best.json"), &json)?;
+    if dir.exists() {
+        std::fs::rename(&dir, &old).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(dir)
+}
+
+/// The record of the kept best adapter, if `<output>/best/best.json` exists.
+pub fn read_best(output: &Path) -> Result<Option<BestRecord>> {
+    let p = best_dir(output).join("best.json");
+    match std::fs::read_to_string(&p) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::format(&p, e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&p, e)),
+    }
 }
 
 /// A loaded checkpoint.

@@ -138,6 +138,11 @@ pub struct TrainConfig {
     /// Save a checkpoint every this many steps (0: only at the end).
     #[serde(default)]
     pub save_every: u64,
+    /// Keep `output_dir/best/`: the adapter with the lowest test loss measured so far
+    /// (periodic and final evaluations) and `best.json` with its step and loss. Needs
+    /// `eval_every` > 0 and evaluation on (`skip_eval = false`).
+    #[serde(default)]
+    pub keep_best: bool,
     /// Gradient checkpointing (same gradients, less memory).
     #[serde(default)]
     pub recompute: bool,
@@ -338,6 +343,12 @@ impl TrainConfig {
         }
         if self.eval_samples == Some(0) {
             return err("eval_samples", "must be at least 1 (or unset)".into());
+        }
+        if self.keep_best && (self.eval_every == 0 || self.skip_eval) {
+            return err(
+                "keep_best",
+                "needs periodic evaluation: set eval_every > 0 and leave skip_eval off".into(),
+            );
         }
         if let Some(h) = self.hours_to_complete {
             if !(h.is_finite() && h > 0.0 && h <= 10_000.0) {

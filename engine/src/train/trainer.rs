@@ -24,7 +24,9 @@
 //!   gradients and the test evaluation (the mean DPO loss, recorded as the test loss); the
 //!   loop, budgets, checkpoints and metrics are shared.
 //! - Files in `output_dir`: `metrics.jsonl` (one JSON object per step, and per evaluation),
-//!   `checkpoints/` (checkpoint.rs) and `adapter/` (the final PEFT adapter).
+//!   `loss.svg` (plot.rs; redrawn after every evaluation and at the end), `checkpoints/`
+//!   (checkpoint.rs), `adapter/` (the final PEFT adapter) and, with `keep_best`, `best/`
+//!   (the adapter of the lowest test loss, periodic or final; a tie keeps the earlier).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,11 +36,15 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use super::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
+use super::checkpoint::{
+    best_dir, latest_checkpoint, load_checkpoint, read_best, save_best, save_checkpoint,
+    BestRecord, TrainerState,
+};
 use super::config::{resolve_asset, TrainConfig};
 use super::dpo::DpoRun;
 use super::metrics::Metrics;
 use super::plan::{micro_batch, plan_steps, prepare_data};
+use super::plot::write_loss_curve;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::data::{Mapping, TextTokenizer, TokenizedSample};
@@ -157,6 +163,8 @@ pub struct TrainSummary {
     pub adapter_dir: PathBuf,
     /// The last checkpoint.
     pub checkpoint_dir: PathBuf,
+    /// With `keep_best`: the step and test loss of the adapter kept in `output_dir/best/`.
+    pub best: Option<BestRecord>,
 }
 
 /// A flag set by SIGINT or SIGTERM (a second signal while it is set ends the process).
@@ -329,6 +337,16 @@ pub fn train_model(
         None => None,
     };
     let mut metrics = Metrics::open(&out.join("metrics.jsonl"), state.step)?;
+    // a fresh run forgets an old run's best adapter; a resumed one carries on from it
+    let mut best = if state.step == 0 {
+        let bd = best_dir(out);
+        if bd.exists() {
+            std::fs::remove_dir_all(&bd).map_err(|e| Error::io(&bd, e))?;
+        }
+        None
+    } else {
+        read_best(out)?
+    };
     let resumed_from = state.step;
     on_event(Event::Start {
         train_samples: n_train,
@@ -451,6 +469,9 @@ pub fn train_model(
                 adapter: true,
                 result: &r,
             });
+            let ctx = (cfg, &be, &lora, base_name);
+            update_best(ctx, &mut lw, &mut best, step_no, r.mean_loss)?;
+            write_loss_curve(out)?;
         }
         if cfg.save_every > 0 && step_no % cfg.save_every == 0 && !last {
             let ts = Instant::now();
@@ -492,7 +513,10 @@ pub fn train_model(
             result: &r,
         });
         final_test_loss = Some(r.mean_loss);
+        let ctx = (cfg, &be, &lora, base_name);
+        update_best(ctx, &mut lw, &mut best, state.step, r.mean_loss)?;
     }
+    write_loss_curve(out)?;
     Ok(TrainSummary {
         steps: state.step,
         resumed_from,
@@ -508,6 +532,7 @@ pub fn train_model(
         final_test_loss,
         adapter_dir,
         checkpoint_dir: ckpt,
+        best,
     })
 }
 
@@ -553,4 +578,26 @@ fn sft_step(
         0.0
     };
     Ok((loss, targets))
+}
+
+/// With `keep_best`, save the adapter as `best/` when `loss` (after `step` steps) is lower
+/// than the kept one's.
+fn update_best<B: Backend>(
+    (cfg, be, lora, base_name): (&TrainConfig, &B, &LoraState<B>, &str),
+    lw: &mut LoraWeights,
+    best: &mut Option<BestRecord>,
+    step: u64,
+    loss: f64,
+) -> Result<()> {
+    if !cfg.keep_best || !loss.is_finite() || best.as_ref().is_some_and(|b| b.test_loss <= loss) {
+        return Ok(());
+    }
+    lora.download(be, lw)?;
+    let rec = BestRecord {
+        step,
+        test_loss: loss,
+    };
+    save_best(&cfg.output_dir, lw, &rec, base_name)?;
+    *best = Some(rec);
+    Ok(())
 }
