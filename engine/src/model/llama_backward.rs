@@ -11,9 +11,10 @@
 //! `datt`, `dact` overwrite on their first contribution (q, gate) and accumulate the others
 //! (k, v, up).
 //!
-//! The inputs of the adapted Linears that the forward does not keep (the two normed inputs,
-//! the SwiGLU product) are rebuilt here into `Recomputed` by the forward's own ops, only for
-//! blocks whose Linears they feed are adapted; frozen Linears never read their input here.
+//! What the forward does not keep is rebuilt here into `Recomputed` by the forward's own ops:
+//! the attention output and its log-sum-exp (always: the attention backward reads them), the
+//! two normed inputs and the SwiGLU product (only where a Linear they feed is adapted; frozen
+//! Linears never read their input here).
 
 use super::llama_forward::{Ctx, DeviceLayer};
 use super::plan::{DropScratch, GradScratch, LayerActs, Recomputed};
@@ -172,6 +173,19 @@ pub(crate) fn layer_backward<B: Backend>(
         d.h,
     )?;
     // attention: x_mid = x_in + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))), xn1 = rmsnorm(x_in)
+    be.attention_forward(
+        &mut rc.att,
+        &mut rc.lse,
+        &a.q,
+        &a.k,
+        &a.v,
+        cx.starts,
+        d.batch,
+        d.seq,
+        d.heads,
+        d.kv_heads,
+        d.hd,
+    )?;
     cx.linear_backward(
         &mut g.datt,
         0.0,
@@ -179,14 +193,14 @@ pub(crate) fn layer_backward<B: Backend>(
         g.t_r.as_mut(),
         drop.as_deref_mut(),
         &g.dres,
-        &a.att,
+        &rc.att,
         &w.wo,
         u(Target::O),
         layer,
         Target::O,
     )?;
     be.attention_backward(
-        &mut g.dq, &mut g.dk, &mut g.dv, &g.datt, &a.q, &a.k, &a.v, &a.att, &a.lse, cx.starts,
+        &mut g.dq, &mut g.dk, &mut g.dv, &g.datt, &a.q, &a.k, &a.v, &rc.att, &rc.lse, cx.starts,
         d.batch, d.seq, d.heads, d.kv_heads, d.hd,
     )?;
     be.rope(&mut g.dq, cx.rope, cx.positions, d.n, d.heads, true)?;

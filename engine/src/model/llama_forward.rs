@@ -109,8 +109,8 @@ impl<B: Backend> Ctx<'_, B> {
         Ok(())
     }
 
-    /// One block: `x_in [n, h]` → `x_out [n, h]`, filling `a` (the normed inputs and the SwiGLU
-    /// product go to the scratch `rc`, not kept). With `x_out = None` the block stops after the
+    /// One block: `x_in [n, h]` → `x_out [n, h]`, filling `a` (the normed inputs, the attention
+    /// output and the SwiGLU product go to the scratch `rc`, not kept). With `x_out = None` the block stops after the
     /// last Linear's LoRA bottleneck (all its backward needs).
     #[allow(clippy::too_many_arguments)]
     pub fn layer_forward(
@@ -173,8 +173,8 @@ impl<B: Backend> Ctx<'_, B> {
         be.rope(&mut a.q, self.rope, self.positions, d.n, d.heads, false)?;
         be.rope(&mut a.k, self.rope, self.positions, d.n, d.kv_heads, false)?;
         be.attention_forward(
-            &mut a.att,
-            &mut a.lse,
+            &mut rc.att,
+            &mut rc.lse,
             &a.q,
             &a.k,
             &a.v,
@@ -188,7 +188,7 @@ impl<B: Backend> Ctx<'_, B> {
         self.linear_forward(
             Some(proj),
             uo.as_mut(),
-            &a.att,
+            &rc.att,
             &w.wo,
             None,
             layer,

@@ -61,9 +61,10 @@ pub(crate) struct PlanKey {
 }
 
 /// The activations of one decoder block that its backward reads. What is cheap to recompute
-/// is not kept: the normed inputs of q/k/v and gate/up (one rmsnorm pass each) and the SwiGLU
-/// product (one elementwise pass) are rebuilt in [`Recomputed`] by the backward, with the
-/// same ops on the same inputs, hence the same bits.
+/// is not kept: the normed inputs of q/k/v and gate/up (one rmsnorm pass each), the attention
+/// output (one attention forward from the kept q, k, v) and the SwiGLU product (one
+/// elementwise pass) are rebuilt in [`Recomputed`] by the backward, with the same ops on the
+/// same inputs, hence the same bits.
 pub(crate) struct LayerActs<B: Backend> {
     /// `[n]` 1/rms of the block input.
     pub rstd1: B::Buf,
@@ -73,10 +74,6 @@ pub(crate) struct LayerActs<B: Backend> {
     pub k: B::Buf,
     /// `[n, kv]` values.
     pub v: B::Buf,
-    /// `[n, qd]` attention output (input of o_proj).
-    pub att: B::Buf,
-    /// `[n, heads]` log-sum-exp of the attention scores.
-    pub lse: B::Buf,
     /// `[n, h]` residual after attention.
     pub x_mid: B::Buf,
     /// `[n]` 1/rms of `x_mid`.
@@ -96,6 +93,10 @@ pub(crate) struct Recomputed<B: Backend> {
     pub xn: B::Buf,
     /// `[n]` its 1/rms when rebuilt by the backward (equal to the saved one).
     pub rstd: B::Buf,
+    /// `[n, qd]` attention output (input of o_proj).
+    pub att: B::Buf,
+    /// `[n, heads]` log-sum-exp of the attention scores.
+    pub lse: B::Buf,
     /// `[n, f]` silu(gate)·up (input of down_proj).
     pub act: B::Buf,
 }
@@ -191,8 +192,6 @@ impl<B: Backend> Plan<B> {
                 q: alloc(n * d.qd)?,
                 k: alloc(n * d.kv)?,
                 v: alloc(n * d.kv)?,
-                att: alloc(n * d.qd)?,
-                lse: alloc(n * d.heads)?,
                 x_mid: alloc(n * d.h)?,
                 rstd2: alloc(n)?,
                 gate: alloc(n * d.f)?,
@@ -236,6 +235,8 @@ impl<B: Backend> Plan<B> {
             recomp: Recomputed {
                 xn: alloc(n * d.h)?,
                 rstd: alloc(n)?,
+                att: alloc(n * d.qd)?,
+                lse: alloc(n * d.heads)?,
                 act: alloc(n * d.f)?,
             },
             proj: alloc(n * d.h)?,
