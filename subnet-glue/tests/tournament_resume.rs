@@ -41,10 +41,25 @@ fn run_to_end(mut c: Command) -> String {
     stdout
 }
 
-/// The outcome JSON (the last line of `--json` output).
+/// The outcome JSON (the last line of `--json` output), losses rounded to 10 significant
+/// digits (a stored outcome goes through JSON, whose default float parsing may move the
+/// last ulp).
 fn outcome(stdout: &str) -> serde_json::Value {
     let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
-    serde_json::from_str(line).unwrap()
+    let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+    fn round(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                let x = n.as_f64().unwrap_or(0.0);
+                *v = serde_json::json!(format!("{x:.10e}"));
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(round),
+            serde_json::Value::Object(o) => o.values_mut().for_each(round),
+            _ => {}
+        }
+    }
+    round(&mut v);
+    v
 }
 
 fn count(db: &Path, sql: &str) -> i64 {

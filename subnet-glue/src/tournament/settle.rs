@@ -5,7 +5,9 @@
 //!   participants, the boss-round losses `(champion, challenger)` and the defences.
 //! - [`register_neurons`]: the database's [`LocalChain`] gets the validator (uid 0, staked,
 //!   with a permit), a burn hotkey and every miner hotkey, registered once; each submission's
-//!   uid becomes its chain uid, so the tournament ranks the uids the chain knows.
+//!   uid becomes its chain uid, so the tournament ranks the uids the chain knows; after new
+//!   registrations the clock moves one block (Yuma ignores weights set in or before a
+//!   target's registration block).
 //! - [`settle`]: tournament_weights → quantize_u16 → set_weights (the validator's hotkey,
 //!   the chain's version key) → the next epoch; marked done on the tournament, so a rerun of
 //!   a finished tournament never sets its weights twice. (A kill between set_weights and that
@@ -54,11 +56,16 @@ pub fn register_neurons(chain: &mut LocalChain, subs: &mut [Submission]) -> Resu
             None => chain.register(&hk, stake).map_err(chain_err),
         }
     }
+    let before = chain.n().map_err(chain_err)?;
     let v = uid(chain, VALIDATOR_HOTKEY, VALIDATOR_STAKE)?;
     chain.set_validator_permit(v, true).map_err(chain_err)?;
     let burn = uid(chain, BURN_HOTKEY, 0)?;
     for s in subs.iter_mut() {
         s.entry.uid = uid(chain, &s.entry.hotkey, 0)?;
+    }
+    if chain.n().map_err(chain_err)? != before {
+        // Yuma masks weights set in or before a target's registration block: move on one.
+        chain.advance_blocks(1).map_err(chain_err)?;
     }
     Ok(burn)
 }

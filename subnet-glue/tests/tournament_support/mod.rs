@@ -20,14 +20,14 @@ pub fn assets() -> Result<(PathBuf, PathBuf), String> {
 }
 
 /// Tokens each method may train on per task.
-pub const TOKEN_BUDGET: u64 = 768;
+pub const TOKEN_BUDGET: u64 = 640;
 /// Test and synthetic samples scored per task.
 pub const EVAL_SAMPLES: usize = 8;
 /// Evaluation length.
 pub const EVAL_SEQ_LEN: usize = 128;
 
 /// Write the three methods into `dir`: `a-bold` (lr 2e-3), `b-steady` (lr 2e-4) and
-/// `c-timid` (lr 1e-6, half the budget); with 6 steps of 128 tokens the bold one learns
+/// `c-timid` (lr 1e-6, half the budget); with 5 steps of 128 tokens the bold one learns
 /// most and the timid one barely moves.
 pub fn write_methods(dir: &Path) -> Vec<PathBuf> {
     let methods = [
