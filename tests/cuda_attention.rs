@@ -119,12 +119,15 @@ fn run_gpu(
     }
 }
 
+/// (batch, seq, heads, kv_heads, hd, sample lengths per row).
+type Case = (usize, usize, usize, usize, usize, &'static [usize]);
+
 #[test]
 fn attention_forward_backward_match_cpu_backend() {
     let Some(rt) = gpu() else { return };
     let cpu = CpuBackend::<f32>::new();
     // (batch, seq, heads, kv_heads, hd, sample lengths per row)
-    let cases: [(usize, usize, usize, usize, usize, &[usize]); 4] = [
+    let cases: [Case; 4] = [
         (2, 300, 8, 2, 64, &[120, 100, 80]),
         (1, 257, 6, 3, 128, &[200, 57]),
         (3, 64, 4, 4, 64, &[64]),

@@ -219,7 +219,7 @@ impl Dims {
 }
 
 /// A kernel storage type: f32 or bf16, and how to find it in a [`CudaBuf`].
-trait Elem: DeviceRepr {
+trait Elem: DeviceRepr + Sized {
     const SUFFIX: &'static str;
     fn get(b: &CudaBuf) -> Option<&CudaSlice<Self>>;
     fn get_mut(b: &mut CudaBuf) -> Option<&mut CudaSlice<Self>>;

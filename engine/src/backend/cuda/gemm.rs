@@ -80,12 +80,9 @@ fn cuda_type(d: DType) -> sys::cudaDataType {
     }
 }
 
-fn op(trans: bool) -> sys::cublasOperation_t {
-    if trans {
-        sys::cublasOperation_t::CUBLAS_OP_T
-    } else {
-        sys::cublasOperation_t::CUBLAS_OP_N
-    }
+/// cublasOperation_t as the int32 the descriptor attribute takes: CUBLAS_OP_T = 1, _N = 0.
+fn op(trans: bool) -> i32 {
+    trans as i32
 }
 
 impl Plan {
@@ -141,8 +138,8 @@ impl Plan {
                 result::set_matmul_desc_attribute(
                     plan.desc,
                     attr,
-                    (&v as *const sys::cublasOperation_t).cast(),
-                    std::mem::size_of::<sys::cublasOperation_t>(),
+                    (&v as *const i32).cast(),
+                    std::mem::size_of::<i32>(),
                 )
             }
             .map_err(e("set transpose"))?;
