@@ -2,12 +2,15 @@
 //! compiles from kernels/*.cu (sm_80 and sm_90 SASS plus compute_80 PTX for newer GPUs),
 //! nvcc's `ptxas -v` report of it, and the cudarc runtime that loads it: GPU detection that
 //! never panics (`probe`), the context / stream / module and device buffers (`runtime`), and
-//! typed launchers of the first kernels (`launch`). The Backend implementation comes next;
+//! typed launchers of the first kernels (`launch`) and of attention forward/backward
+//! (`attention`), and cuBLASLt GEMMs (`gemm`). The Backend implementation comes next;
 //! the launch shape of each kernel is documented above it in kernels/.
 //! Neighbours: `backend::cpu` (the reference semantics these kernels must match; checked
 //! through the CPU emulator in tests/kernels_emu.rs and on a GPU in tests/cuda_runtime.rs),
 //! `backend::device` (device choice with a CPU fallback).
 
+pub mod attention; // upload_starts, AttnStarts, attention_forward, attention_backward (+ tiles)
+pub mod gemm; // Gemm: cuBLASLt matmul (pinned algorithm per shape, no split-K), lora_forward
 pub mod launch; // BLOCK_THREADS; CudaRuntime::cast, CudaRuntime::rmsnorm_forward
 pub mod probe; // check_library, open_device, probe, GpuInfo: detection that never panics
 pub mod runtime; // CudaRuntime (context, stream, module), CudaBuf (f32 / bf16 device buffer)
