@@ -8,6 +8,7 @@
 //! 2. Same methods, another seed: the champion's own method cannot enter, the two others
 //!    play, and the winner meets the champion in a boss round of two tasks decided by the
 //!    margin rule (and the gate when it applies); defences and the library follow.
+//!
 //! Skips (printing why) when the assets are absent.
 
 mod tournament_support;

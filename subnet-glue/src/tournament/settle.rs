@@ -13,6 +13,7 @@
 //!   a finished tournament never sets its weights twice. (A kill between set_weights and that
 //!   mark can leave weights set but unmarked; the rerun then meets the chain's rate limit,
 //!   which it reports as already set.)
+//!
 //! Neighbours: run.rs (the outcome), weights.rs (pools, u16), chain/ (LocalChain, Yuma).
 
 use crate::chain::local::LocalChain;
