@@ -27,3 +27,7 @@ echo "== LoRA fine-tune on alpaca_en_demo (train split, 20k-token budget), test 
 echo "== the fine-tuned adapter answers"
 "$G" generate --model "$GGUF" --adapter target/demo-alpaca-smollm2/adapter \
     --prompt "Give three tips for staying healthy." --max-tokens 48
+
+echo "== a local tournament: three methods (examples/methods), same engine, seed and token budget"
+"$G" tournament run --db target/demo-tournament.db --methods examples/methods
+"$G" chain metagraph --db target/demo-tournament.db
