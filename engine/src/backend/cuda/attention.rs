@@ -620,7 +620,7 @@ mod tests {
                 continue;
             };
             let nums: Vec<usize> = rest
-                .trim_end_matches(|c| c == ')' || c == '\\' || c == ' ')
+                .trim_end_matches([')', '\\', ' '])
                 .split(',')
                 .map(|x| x.trim().parse().expect("a number"))
                 .collect();
