@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use common::{random_weights, tiny_config};
 use gradients_engine::backend::cpu::CpuBackend;
-use gradients_engine::data::TextTokenizer;
 use gradients_engine::eval::evaluate;
 use gradients_engine::lora::{LoraState, LoraWeights};
 use gradients_engine::model::{Arch, Llama, ModelConfig, ModelWeights};
@@ -18,34 +17,7 @@ use gradients_engine::train::plan::prepare_data;
 use gradients_engine::train::{train_model, RunOptions, TrainConfig, TrainSummary};
 use gradients_engine::Result;
 
-/// Letters a–z are 0–25, space 26, '.' 27, anything else 28; eos 29.
-struct LetterTok;
-
-impl TextTokenizer for LetterTok {
-    fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(text
-            .chars()
-            .map(|c| match c {
-                'a'..='z' => c as u32 - 'a' as u32,
-                ' ' => 26,
-                '.' => 27,
-                _ => 28,
-            })
-            .collect())
-    }
-    fn eos_id(&self) -> Option<u32> {
-        Some(29)
-    }
-    fn bos_id(&self) -> Option<u32> {
-        None
-    }
-    fn token_text(&self, _id: u32) -> Option<String> {
-        None
-    }
-    fn chat_template(&self) -> Option<&str> {
-        None
-    }
-}
+use common::LetterTok;
 
 /// 40 rows: "say N twice" → N twice, for ten animal names.
 fn write_dataset(dir: &Path) -> PathBuf {

@@ -3,9 +3,10 @@
 //! `LlamaForCausalLM` semantics, independent of the engine's model code).
 #![allow(dead_code)]
 
+use gradients_engine::data::TextTokenizer;
 use gradients_engine::lora::{counter_hash, LoraConfig, LoraWeights, Target};
 use gradients_engine::model::{Arch, Batch, LayerWeights, ModelConfig, ModelWeights, Sample};
-use gradients_engine::Tensor;
+use gradients_engine::{Result, Tensor};
 
 /// Uniform in [-1, 1) from a counter hash.
 pub fn unif(words: &[u64]) -> f32 {
@@ -304,4 +305,34 @@ pub fn reference_forward(
         logits.push(lg);
     }
     (losses, logits)
+}
+
+/// The tiny tokenizer of the training tests (train_loop, train_outputs, train_dpo).
+/// Letters a–z are 0–25, space 26, '.' 27, anything else 28; eos 29.
+pub struct LetterTok;
+
+impl TextTokenizer for LetterTok {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(text
+            .chars()
+            .map(|c| match c {
+                'a'..='z' => c as u32 - 'a' as u32,
+                ' ' => 26,
+                '.' => 27,
+                _ => 28,
+            })
+            .collect())
+    }
+    fn eos_id(&self) -> Option<u32> {
+        Some(29)
+    }
+    fn bos_id(&self) -> Option<u32> {
+        None
+    }
+    fn token_text(&self, _id: u32) -> Option<String> {
+        None
+    }
+    fn chat_template(&self) -> Option<&str> {
+        None
+    }
 }
