@@ -5,17 +5,16 @@
 //! below the base model's ln 2. (Held-out pairs are not asserted: a few steps on a few pairs
 //! do not generalise reliably.) Skips (printing why) when the assets are unavailable.
 
-use std::time::Instant;
+mod common;
 
 use gradients_engine::assets;
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::data::{read_records, Mapping};
 use gradients_engine::eval::evaluate_dpo;
 use gradients_engine::lora::{LoraState, LoraWeights};
-use gradients_engine::model::load::load_model;
 use gradients_engine::model::Llama;
 use gradients_engine::train::dpo::DpoRun;
-use gradients_engine::train::{train_model, RunOptions, StopReason, TrainConfig};
+use gradients_engine::train::{StopReason, TrainConfig};
 
 #[test]
 fn dpo_lowers_the_loss_of_smollm2_on_dpo_en_demo() {
@@ -67,20 +66,8 @@ lr = 2e-3
         dir.path().join("out").display()
     );
     let cfg = TrainConfig::from_toml(&cfg_text, "dpo_real").unwrap();
-    let t0 = Instant::now();
-    let m = load_model(&model_path).unwrap();
+    let (m, s, t0) = common::train_real(&cfg, &model_path);
     let tok = m.tokenizer.as_ref().unwrap();
-    let mut log = |e: gradients_engine::train::Event<'_>| eprintln!("{e:?}");
-    let s = train_model(
-        &cfg,
-        &m.config,
-        &m.weights,
-        tok,
-        "SmolLM2-135M-Instruct",
-        &RunOptions::default(),
-        &mut log,
-    )
-    .unwrap();
     eprintln!(
         "{} steps, {} tokens, {:.0} tok/s; step losses {:?}; {:.1}s",
         s.steps,

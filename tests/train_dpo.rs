@@ -17,9 +17,9 @@ use gradients_engine::eval::{dpo_samples, evaluate_dpo, DpoSample};
 use gradients_engine::lora::{LoraState, LoraWeights};
 use gradients_engine::model::{Arch, Llama, ModelConfig, ModelWeights, StepOptions};
 use gradients_engine::train::dpo::{dpo_backward, DpoRun};
-use gradients_engine::train::{train_model, RunOptions, StopReason, TrainConfig, TrainSummary};
+use gradients_engine::train::{RunOptions, StopReason, TrainConfig, TrainSummary};
 
-use common::LetterTok;
+use common::{train_tiny, LetterTok};
 
 const WORDS: [&str; 8] = ["cat", "dog", "bird", "fish", "frog", "cow", "duck", "goat"];
 
@@ -73,7 +73,7 @@ lr = 0.01
 
 fn run(cfg: &TrainConfig, opts: &RunOptions) -> TrainSummary {
     let (mcfg, w) = model();
-    train_model(cfg, &mcfg, &w, &LetterTok, "tiny", opts, &mut |_| {}).unwrap()
+    train_tiny(cfg, &mcfg, &w, opts).unwrap()
 }
 
 /// Three pairs of random ids (different lengths) for the low-level tests.
@@ -319,18 +319,10 @@ fn dpo_resume_is_bit_identical() {
     let mut other = cfg_at(&part_out);
     other.dpo_beta = 0.2;
     let (mcfg, w) = model();
-    let err = train_model(
-        &other,
-        &mcfg,
-        &w,
-        &LetterTok,
-        "tiny",
-        &RunOptions::default(),
-        &mut |_| {},
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = train_tiny(&other, &mcfg, &w, &RunOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("different"), "{err}");
 }
 
@@ -393,18 +385,10 @@ fn bad_dpo_input_is_named() {
     let data = write(dir.path(), &rows);
     let cfg = config(&data, &dir.path().join("o"), "");
     let (mcfg, w) = model();
-    let err = train_model(
-        &cfg,
-        &mcfg,
-        &w,
-        &LetterTok,
-        "tiny",
-        &RunOptions::default(),
-        &mut |_| {},
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = train_tiny(&cfg, &mcfg, &w, &RunOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         err.contains("row 3") && err.contains("`chosen`") && err.contains("pairs.json"),
         "{err}"

@@ -17,9 +17,9 @@ use gradients_engine::data::{InstructMapping, Mapping, TextTokenizer, TokenizedS
 use gradients_engine::eval::evaluate;
 use gradients_engine::lora::{LoraState, LoraWeights};
 use gradients_engine::model::{Arch, Llama, ModelConfig, ModelWeights};
-use gradients_engine::train::{train_model, RunOptions, StopReason, TrainConfig, TrainSummary};
+use gradients_engine::train::{RunOptions, StopReason, TrainConfig, TrainSummary};
 
-use common::LetterTok;
+use common::{train_tiny, LetterTok};
 
 const WORDS: [&str; 10] = [
     "cat", "dog", "bird", "fish", "frog", "cow", "duck", "goat", "lamb", "mole",
@@ -81,7 +81,7 @@ lr = 0.01
 
 fn run(cfg: &TrainConfig, opts: &RunOptions) -> TrainSummary {
     let (mcfg, w) = model();
-    train_model(cfg, &mcfg, &w, &LetterTok, "tiny", opts, &mut |_| {}).unwrap()
+    train_tiny(cfg, &mcfg, &w, opts).unwrap()
 }
 
 fn adapter_bytes(out: &Path) -> Vec<u8> {
@@ -272,18 +272,10 @@ fn resume_is_bit_identical() {
     let mut other = with_dropout(&part_out);
     other.seed = 5;
     let (mcfg, w) = model();
-    let err = train_model(
-        &other,
-        &mcfg,
-        &w,
-        &LetterTok,
-        "tiny",
-        &RunOptions::default(),
-        &mut |_| {},
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = train_tiny(&other, &mcfg, &w, &RunOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("different seed"), "{err}");
 }
 
@@ -373,18 +365,10 @@ fn non_finite_loss_is_a_clear_error() {
     );
     let (mcfg, mut w) = model();
     w.final_norm.data[0] = f32::NAN;
-    let err = train_model(
-        &cfg,
-        &mcfg,
-        &w,
-        &LetterTok,
-        "tiny",
-        &RunOptions::default(),
-        &mut |_| {},
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = train_tiny(&cfg, &mcfg, &w, &RunOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         err.contains("non-finite loss") && err.contains("step 1"),
         "{err}"

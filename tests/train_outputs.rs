@@ -14,10 +14,10 @@ use gradients_engine::lora::{LoraState, LoraWeights};
 use gradients_engine::model::{Arch, Llama, ModelConfig, ModelWeights};
 use gradients_engine::train::checkpoint::BestRecord;
 use gradients_engine::train::plan::prepare_data;
-use gradients_engine::train::{train_model, RunOptions, TrainConfig, TrainSummary};
+use gradients_engine::train::{RunOptions, TrainConfig, TrainSummary};
 use gradients_engine::Result;
 
-use common::LetterTok;
+use common::{train_tiny, LetterTok};
 
 /// 40 rows: "say N twice" → N twice, for ten animal names.
 fn write_dataset(dir: &Path) -> PathBuf {
@@ -68,7 +68,7 @@ lr = 0.5
 
 fn run(cfg: &TrainConfig, opts: &RunOptions) -> TrainSummary {
     let (mcfg, w) = model();
-    train_model(cfg, &mcfg, &w, &LetterTok, "tiny", opts, &mut |_| {}).unwrap()
+    train_tiny(cfg, &mcfg, &w, opts).unwrap()
 }
 
 /// `(step, test_loss)` of every adapter evaluation in `out/metrics.jsonl`.

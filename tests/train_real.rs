@@ -4,16 +4,15 @@
 //! and `gradients eval`-style evaluation of the saved adapter must reproduce it bit for bit.
 //! Skips (printing why) when the assets are unavailable.
 
-use std::time::Instant;
+mod common;
 
 use gradients_engine::assets;
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::eval::evaluate;
 use gradients_engine::lora::{LoraState, LoraWeights};
-use gradients_engine::model::load::load_model;
 use gradients_engine::model::Llama;
 use gradients_engine::train::plan::prepare_data;
-use gradients_engine::train::{train_model, RunOptions, StopReason, TrainConfig};
+use gradients_engine::train::{StopReason, TrainConfig};
 
 #[test]
 fn lora_sft_lowers_the_alpaca_test_loss() {
@@ -51,20 +50,8 @@ lr = 2e-3
         out.path().display()
     );
     let cfg = TrainConfig::from_toml(&text, "train_real").unwrap();
-    let t0 = Instant::now();
-    let m = load_model(&model_path).unwrap();
+    let (m, s, t0) = common::train_real(&cfg, &model_path);
     let tok = m.tokenizer.as_ref().unwrap();
-    let mut log = |e: gradients_engine::train::Event<'_>| eprintln!("{e:?}");
-    let s = train_model(
-        &cfg,
-        &m.config,
-        &m.weights,
-        tok,
-        "SmolLM2-135M-Instruct",
-        &RunOptions::default(),
-        &mut log,
-    )
-    .unwrap();
     let (base, fin) = (s.base_test_loss.unwrap(), s.final_test_loss.unwrap());
     eprintln!(
         "{} steps, {} tokens, {:.0} tok/s; test loss base {base:.4} -> adapter {fin:.4}; {:.1}s",

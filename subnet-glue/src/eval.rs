@@ -149,7 +149,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let rows: Vec<_> = idx.iter().map(|&i| records[i].clone()).collect();
     let be = CpuBackend::<f32>::new();
-    let mut model = Llama::new(be.clone(), &m.config, &m.weights)?;
+    let mut model = Llama::from_weights(be.clone(), &m.config, m.weights)?;
     let lora = match &args.adapter {
         Some(dir) => {
             let w = LoraWeights::load(dir, &m.config)

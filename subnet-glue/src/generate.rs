@@ -46,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tok.render_chat(&[ChatMessage::new("user", args.prompt.as_str())], true)?
     };
     let be: CpuBackend = CpuBackend::new();
-    let mut model = Llama::new(be.clone(), &m.config, &m.weights)?;
+    let mut model = Llama::from_weights(be.clone(), &m.config, m.weights)?;
     let lora = match &args.adapter {
         Some(dir) => {
             let w = LoraWeights::load(dir, &m.config)

@@ -3,9 +3,14 @@
 //! `LlamaForCausalLM` semantics, independent of the engine's model code).
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::time::Instant;
+
 use gradients_engine::data::TextTokenizer;
 use gradients_engine::lora::{counter_hash, LoraConfig, LoraWeights, Target};
+use gradients_engine::model::load::{load_model, LoadedModel};
 use gradients_engine::model::{Arch, Batch, LayerWeights, ModelConfig, ModelWeights, Sample};
+use gradients_engine::train::{train_model, RunOptions, TrainConfig, TrainSummary};
 use gradients_engine::{Result, Tensor};
 
 /// Uniform in [-1, 1) from a counter hash.
@@ -335,4 +340,27 @@ impl TextTokenizer for LetterTok {
     fn chat_template(&self) -> Option<&str> {
         None
     }
+}
+
+/// `train_model` on the tiny model `(mcfg, w)` with [`LetterTok`], no event log.
+pub fn train_tiny(
+    cfg: &TrainConfig,
+    mcfg: &ModelConfig,
+    w: &ModelWeights,
+    opts: &RunOptions,
+) -> Result<TrainSummary> {
+    train_model(cfg, mcfg, w, &LetterTok, "tiny", opts, &mut |_| {})
+}
+
+/// Load the real model at `model` and run `cfg` on it (every event printed to stderr);
+/// returns the loaded model (to evaluate the adapter with), the summary and the start time.
+pub fn train_real(cfg: &TrainConfig, model: &Path) -> (LoadedModel, TrainSummary, Instant) {
+    let t0 = Instant::now();
+    let m = load_model(model).unwrap();
+    let tok = m.tokenizer.as_ref().unwrap();
+    let mut log = |e: gradients_engine::train::Event<'_>| eprintln!("{e:?}");
+    let name = "SmolLM2-135M-Instruct";
+    let opts = RunOptions::default();
+    let s = train_model(cfg, &m.config, &m.weights, tok, name, &opts, &mut log).unwrap();
+    (m, s, t0)
 }

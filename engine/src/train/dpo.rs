@@ -22,16 +22,15 @@
 //!   or backend is DPO-specific.
 
 use super::config::{resolve_asset, TrainConfig};
-use super::plan::StepPlan;
+use super::plan::{plan_epochs, shuffled_rows, StepPlan};
 use super::trainer::StopReason;
 use crate::backend::Backend;
-use crate::data::rng::Pcg64;
 use crate::data::{read_records, split_indices, tokenize_dpo, DpoMapping, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::eval::dpo::{
     dpo_logit, dpo_samples, log_sigmoid, pair_logps, score_dpo, sigmoid, DpoEvalResult, DpoSample,
 };
-use crate::lora::{counter_hash, LoraGrads, LoraState};
+use crate::lora::{LoraGrads, LoraState};
 use crate::model::{Batch, Llama, StepOptions};
 
 /// What one DPO step reports.
@@ -188,43 +187,11 @@ impl DpoRun {
 
     /// Plan every step of the run (see the module doc) and say what limits it.
     pub fn plan(&self, cfg: &TrainConfig) -> Result<(Vec<StepPlan>, StopReason)> {
-        let mut plan = Vec::new();
-        let mut tokens = 0u64;
-        for epoch in 0..cfg.epoch_limit() {
-            let mut order: Vec<usize> = (0..self.train.len()).collect();
-            Pcg64::new(counter_hash(&[cfg.seed, u64::from(epoch)])).shuffle(&mut order);
-            let micro: Vec<Vec<Vec<usize>>> = order
-                .chunks(cfg.micro_batch)
-                .map(|c| c.iter().map(|&i| vec![i]).collect())
-                .collect();
-            for (position, group) in micro.chunks(cfg.grad_accum).enumerate() {
-                if cfg.max_steps.is_some_and(|m| plan.len() as u64 >= m) {
-                    return Ok((plan, StopReason::MaxSteps));
-                }
-                let t: u64 = group
-                    .iter()
-                    .flatten()
-                    .flatten()
-                    .map(|&i| self.train[i].tokens() as u64)
-                    .sum();
-                if cfg.token_budget.is_some_and(|b| tokens + t > b) {
-                    return Ok((plan, StopReason::TokenBudget));
-                }
-                tokens += t;
-                plan.push(StepPlan {
-                    epoch,
-                    position: position as u64,
-                    micro: group.to_vec(),
-                    tokens: t,
-                });
-            }
-        }
-        let reason = if cfg.max_steps.is_some_and(|m| plan.len() as u64 >= m) {
-            StopReason::MaxSteps
-        } else {
-            StopReason::Completed
-        };
-        Ok((plan, reason))
+        plan_epochs(
+            cfg,
+            |epoch| Ok(shuffled_rows(self.train.len(), cfg, epoch)),
+            |i| self.train[i].tokens() as u64,
+        )
     }
 
     /// The DPO loss of the test pairs with `lora` (`None`: the base model, every loss ln 2);

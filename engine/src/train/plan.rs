@@ -30,13 +30,22 @@ pub fn epoch_rows(
     cfg: &TrainConfig,
     epoch: u32,
 ) -> Result<Vec<Vec<usize>>> {
-    let seed = counter_hash(&[cfg.seed, u64::from(epoch)]);
     if cfg.packing {
-        return pack_rows(train, cfg.seq_len, Some(seed));
+        return pack_rows(train, cfg.seq_len, Some(epoch_seed(cfg, epoch)));
     }
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    Pcg64::new(seed).shuffle(&mut order);
-    Ok(order.into_iter().map(|i| vec![i]).collect())
+    Ok(shuffled_rows(train.len(), cfg, epoch))
+}
+
+/// The seed of epoch `epoch`'s order: `counter_hash([seed, epoch])`.
+fn epoch_seed(cfg: &TrainConfig, epoch: u32) -> u64 {
+    counter_hash(&[cfg.seed, u64::from(epoch)])
+}
+
+/// Rows `0..n` shuffled with the epoch's seed, one sample per row (no packing).
+pub(crate) fn shuffled_rows(n: usize, cfg: &TrainConfig, epoch: u32) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..n).collect();
+    Pcg64::new(epoch_seed(cfg, epoch)).shuffle(&mut order);
+    order.into_iter().map(|i| vec![i]).collect()
 }
 
 /// Plan every step of the run and say what limits it.
@@ -44,10 +53,26 @@ pub fn plan_steps(
     train: &[TokenizedSample],
     cfg: &TrainConfig,
 ) -> Result<(Vec<StepPlan>, StopReason)> {
+    plan_epochs(
+        cfg,
+        |epoch| epoch_rows(train, cfg, epoch),
+        |i| train[i].len() as u64,
+    )
+}
+
+/// The step plan over epochs whose rows `rows_of(epoch)` gives, a sample of `tokens_of(i)`
+/// tokens: micro-batches of `micro_batch` rows, `grad_accum` of them per step, stopping at
+/// `max_steps`, before the step that would pass `token_budget`, or after the last epoch.
+/// Shared by SFT ([`plan_steps`]) and DPO (one pair per row).
+pub(crate) fn plan_epochs(
+    cfg: &TrainConfig,
+    mut rows_of: impl FnMut(u32) -> Result<Vec<Vec<usize>>>,
+    tokens_of: impl Fn(usize) -> u64,
+) -> Result<(Vec<StepPlan>, StopReason)> {
     let mut plan = Vec::new();
     let mut tokens = 0u64;
     for epoch in 0..cfg.epoch_limit() {
-        let rows = epoch_rows(train, cfg, epoch)?;
+        let rows = rows_of(epoch)?;
         let micro: Vec<Vec<Vec<usize>>> =
             rows.chunks(cfg.micro_batch).map(|c| c.to_vec()).collect();
         for (position, group) in micro.chunks(cfg.grad_accum).enumerate() {
@@ -58,7 +83,7 @@ pub fn plan_steps(
                 .iter()
                 .flatten()
                 .flatten()
-                .map(|&i| train[i].len() as u64)
+                .map(|&i| tokens_of(i))
                 .sum();
             if cfg.token_budget.is_some_and(|b| tokens + t > b) {
                 return Ok((plan, StopReason::TokenBudget));

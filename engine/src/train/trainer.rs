@@ -28,6 +28,7 @@
 //!   (checkpoint.rs), `adapter/` (the final PEFT adapter) and, with `keep_best`, `best/`
 //!   (the adapter of the lowest test loss, periodic or final; a tie keeps the earlier).
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -214,7 +215,7 @@ pub fn train(
 ) -> Result<TrainSummary> {
     let model_path = resolve_asset(&cfg.model)?;
     let loaded = load_model(&model_path)?;
-    let tok = loaded.tokenizer.as_ref().ok_or_else(|| {
+    let tok = loaded.tokenizer.ok_or_else(|| {
         Error::config(
             model_path.display().to_string(),
             "tokenizer",
@@ -222,11 +223,12 @@ pub fn train(
         )
     })?;
     let base_name = model_path.display().to_string();
-    train_model(
+    // the weights move into the run: the model frees each host tensor once it is uploaded
+    run(
         cfg,
         &loaded.config,
-        &loaded.weights,
-        tok,
+        Cow::Owned(loaded.weights),
+        &tok,
         &base_name,
         opts,
         on_event,
@@ -239,6 +241,28 @@ pub fn train_model(
     cfg: &TrainConfig,
     mcfg: &ModelConfig,
     weights: &ModelWeights,
+    tok: &dyn TextTokenizer,
+    base_name: &str,
+    opts: &RunOptions,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<TrainSummary> {
+    run(
+        cfg,
+        mcfg,
+        Cow::Borrowed(weights),
+        tok,
+        base_name,
+        opts,
+        on_event,
+    )
+}
+
+/// The run behind [`train`] (owned weights, freed as they are uploaded) and [`train_model`]
+/// (borrowed weights, copied so the caller can reuse them).
+fn run(
+    cfg: &TrainConfig,
+    mcfg: &ModelConfig,
+    weights: Cow<'_, ModelWeights>,
     tok: &dyn TextTokenizer,
     base_name: &str,
     opts: &RunOptions,
@@ -277,7 +301,10 @@ pub fn train_model(
     )
     .map_err(|e| Error::config("train config", "schedule.warmup_steps", e.to_string()))?;
     let be = CpuBackend::<f32>::new();
-    let mut model = Llama::new(be.clone(), mcfg, weights)?;
+    let mut model = match weights {
+        Cow::Owned(w) => Llama::from_weights(be.clone(), mcfg, w)?,
+        Cow::Borrowed(w) => Llama::new(be.clone(), mcfg, w)?,
+    };
     let out = &cfg.output_dir;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
