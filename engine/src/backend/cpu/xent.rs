@@ -6,7 +6,9 @@
 //! `e_j = exp(z_j − mx)` (`simd.rs`), `s = Σ e_j` (fixed lane order, `simd.rs`), `lse = mx + ln s`, `loss = lse − z_t`;
 //! when a gradient is wanted the row becomes `dz_j = e_j · (loss_scale / s) − [j = t]·loss_scale`
 //! (all zero for ignored targets) and `dhidden = dz·lm_head` (faer, overwriting).
-//! A chunk whose targets are all ignored is skipped (losses 0, dhidden 0).
+//! Only tokens with a target reach the lm_head: when some are ignored (prompt tokens of SFT,
+//! padding), their rows are gathered into a dense block first and the results scattered
+//! back (losses 0 and dhidden 0 for ignored tokens), so masked tokens cost no lm_head FLOPs.
 
 use rayon::prelude::*;
 
@@ -50,8 +52,64 @@ pub(crate) fn cross_entropy<T: Real>(
             format!("token {i} has target {t}, outside 0..{vocab} (and not the ignore value -100)"),
         ));
     }
+    let labelled: Vec<usize> = (0..n).filter(|&i| targets[i] != IGNORE).collect();
+    if labelled.len() == n {
+        let mut losses = vec![0.0f32; n];
+        dense(
+            dhidden.map(|v| v.as_mut_slice()),
+            hidden,
+            lm_head,
+            targets,
+            &mut losses,
+            d,
+            loss_scale,
+        );
+        return Ok(losses);
+    }
+    // Only labelled tokens reach the lm_head: gather their rows, run them densely, scatter
+    // the losses and gradient rows back (ignored tokens: loss 0, gradient 0).
+    let m = labelled.len();
+    let mut xs = vec![T::ZERO; m * h];
+    for (dst, &i) in xs.chunks_exact_mut(h.max(1)).zip(&labelled) {
+        dst.copy_from_slice(&hidden[i * h..(i + 1) * h]);
+    }
+    let ts: Vec<i32> = labelled.iter().map(|&i| targets[i]).collect();
+    let mut ls = vec![0.0f32; m];
+    let mut dxs = dhidden.as_ref().map(|_| vec![T::ZERO; m * h]);
+    dense(
+        dxs.as_deref_mut(),
+        &xs,
+        lm_head,
+        &ts,
+        &mut ls,
+        Dims { n: m, h, vocab },
+        loss_scale,
+    );
     let mut losses = vec![0.0f32; n];
-    let mut dhidden = dhidden;
+    for (&i, &l) in labelled.iter().zip(&ls) {
+        losses[i] = l;
+    }
+    if let (Some(dh), Some(dxs)) = (dhidden, dxs) {
+        dh[..n * h].fill(T::ZERO);
+        for (src, &i) in dxs.chunks_exact(h.max(1)).zip(&labelled) {
+            dh[i * h..(i + 1) * h].copy_from_slice(src);
+        }
+    }
+    Ok(losses)
+}
+
+/// The chunked computation over `d.n` rows, writing `losses` and, when given, every row of
+/// `dhidden` (rows with ignored targets get zeros).
+fn dense<T: Real>(
+    mut dhidden: Option<&mut [T]>,
+    hidden: &[T],
+    lm_head: &[T],
+    targets: &[i32],
+    losses: &mut [f32],
+    d: Dims,
+    loss_scale: T,
+) {
+    let Dims { n, h, vocab } = d;
     let want_grad = dhidden.is_some();
     let mut logits = vec![T::ZERO; ROWS.min(n) * vocab];
     let mut c0 = 0;
@@ -60,12 +118,6 @@ pub(crate) fn cross_entropy<T: Real>(
         let tg = &targets[c0..c0 + r];
         let rows = c0..c0 + r;
         c0 += r;
-        if tg.iter().all(|&t| t == IGNORE) {
-            if let Some(dh) = dhidden.as_deref_mut() {
-                dh[rows.start * h..rows.end * h].fill(T::ZERO);
-            }
-            continue;
-        }
         let z = &mut logits[..r * vocab];
         let x = &hidden[rows.start * h..rows.end * h];
         Gemm {
@@ -97,7 +149,6 @@ pub(crate) fn cross_entropy<T: Real>(
             );
         }
     }
-    Ok(losses)
 }
 
 /// Loss of one row of logits against target `t`; with `want_grad`, the row is replaced by
