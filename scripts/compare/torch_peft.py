@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch + transformers + PEFT side of the engine comparison (CPU, fp32).
+"""PyTorch + transformers + PEFT side of the engine comparison (CPU fp32, or a CUDA GPU).
 
 Runs the same LoRA SFT step as `gradients bench` — SmolLM2-135M-Instruct loaded from the GGUF
 (dequantised by transformers to fp32), LoRA on q,k,v,o,gate,up,down, AdamW, batch x seq tokens
@@ -8,6 +8,10 @@ train tokens/s, eval tokens/s, peak RSS and the losses.
 
 Usage (threads must match the engine's run):
     python scripts/compare/torch_peft.py --gguf PATH --batch 4 --seq 256 --steps 5 --threads 2
+GPU mode (same step on `cuda`, weights and activations in --dtype, autocast off, timings
+bracketed by torch.cuda.synchronize; peak memory = torch.cuda.max_memory_allocated; also
+measures the GPU's dense bf16 matmul rate so MFU can be quoted against it):
+    python scripts/compare/torch_peft.py --gguf PATH --device cuda --dtype bf16 --batch 8 --seq 1024
 Needs: torch, transformers, peft, gguf (pip). Nothing here is used by the tests.
 """
 import argparse
@@ -29,6 +33,8 @@ def main():
     ap.add_argument("--alpha", type=float, default=16.0)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
 
     import torch
@@ -39,8 +45,11 @@ def main():
     from peft import LoraConfig, get_peft_model
 
     d, f = os.path.split(os.path.abspath(args.gguf))
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32,
-                                                 attn_implementation="sdpa")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    dev = torch.device(args.device)
+    gpu = dev.type == "cuda"
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=dtype,
+                                                 attn_implementation="sdpa").to(dev)
     cfg = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0,
                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                      "gate_proj", "up_proj", "down_proj"],
@@ -62,7 +71,15 @@ def main():
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
         return (z ^ (z >> 31)) % vocab
 
-    ids = torch.tensor([[next_id() for _ in range(args.seq)] for _ in range(args.batch)])
+    ids = torch.tensor([[next_id() for _ in range(args.seq)] for _ in range(args.batch)],
+                       device=dev)
+
+    def sync():
+        if gpu:
+            torch.cuda.synchronize(dev)
+
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(dev)
     labels = ids.clone()
     ntok = args.batch * args.seq
 
@@ -70,11 +87,13 @@ def main():
     losses = []
     t_train = 0.0
     for i in range(args.warmup + args.steps):
+        sync()
         t0 = time.perf_counter()
         out = model(input_ids=ids, labels=labels)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         dt = time.perf_counter() - t0
         losses.append(float(out.loss))
         if i >= args.warmup:
@@ -84,15 +103,24 @@ def main():
     t_eval = 0.0
     with torch.no_grad():
         for i in range(args.warmup + args.steps):
+            sync()
             t0 = time.perf_counter()
             model(input_ids=ids, labels=labels)
+            sync()
             dt = time.perf_counter() - t0
             if i >= args.warmup:
                 t_eval += dt
 
+    extra = {}
+    if gpu:
+        extra["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        extra["gpu"] = torch.cuda.get_device_name(dev)
+        extra["matmul_bf16_tflops"] = matmul_rate(torch, dev) / 1e12
     print(json.dumps({
         "engine": "torch+peft",
         "torch": torch.__version__,
+        "device": str(dev),
+        "dtype": args.dtype,
         "threads": args.threads,
         "batch": args.batch,
         "seq": args.seq,
@@ -101,7 +129,22 @@ def main():
         "eval_tokens_per_s": ntok * args.steps / t_eval,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "losses": losses,
+        **extra,
     }))
+
+
+def matmul_rate(torch, dev, n=8192, reps=20):
+    """Dense bf16 GEMM rate (FLOP/s) of an n x n x n product: the MFU denominator."""
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize(dev)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 if __name__ == "__main__":
