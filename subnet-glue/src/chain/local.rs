@@ -15,14 +15,16 @@
 //! distributes `emission_per_block × blocks since the last epoch`, less the owner's cut
 //! (`owner_cut`/65535, subtensor's 11796 ≈ 18%), which is recorded but paid to no uid.
 //! The epoch counter tags commits: a commit made in epoch e is revealed only while the
-//! counter equals `e + reveal_period`, and expires after. Uids are never pruned: registration
-//! fails with `SubnetFull` at `max_allowed_uids`.
+//! counter equals `e + reveal_period`, and expires after. Uids are never pruned:
+//! registration fails with `SubnetFull` at `max_allowed_uids`. `chain_saved_reveals` is the
+//! validator's side, not the chain's: what a commit's reveal needs, kept until revealed.
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
+use super::commit::PendingReveal;
 use super::scale::{commit_hash, AccountId};
 use super::yuma::{self, EpochInput, YumaParams};
 use super::{Chain, ChainError, EpochNeuron, EpochRecord, Metagraph, Neuron, Reject, Result};
@@ -145,6 +147,19 @@ impl ChainParams {
     }
 }
 
+/// One unrevealed commit as the chain holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCommit {
+    /// The committing hotkey.
+    pub hotkey: AccountId,
+    /// The commit hash.
+    pub hash: [u8; 32],
+    /// The epoch counter when committed.
+    pub commit_epoch: u64,
+    /// The block of the commit.
+    pub commit_block: u64,
+}
+
 /// The embedded chain (see the module doc).
 pub struct LocalChain {
     conn: Connection,
@@ -169,6 +184,8 @@ CREATE TABLE IF NOT EXISTS chain_bonds (
 CREATE TABLE IF NOT EXISTS chain_commits (
     id INTEGER PRIMARY KEY AUTOINCREMENT, hotkey BLOB NOT NULL, hash BLOB NOT NULL,
     commit_epoch INTEGER NOT NULL, commit_block INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chain_saved_reveals (
+    hash BLOB PRIMARY KEY, hotkey BLOB NOT NULL, reveal TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chain_epochs (
     epoch INTEGER PRIMARY KEY, block INTEGER NOT NULL, total_emission INTEGER NOT NULL,
     owner_cut INTEGER NOT NULL);
@@ -475,6 +492,89 @@ impl LocalChain {
             out.push((h, e, b));
         }
         Ok(out)
+    }
+
+    /// Unrevealed commits of every hotkey, in commit order (expired ones included until the hotkey's next commit or reveal drops
+    /// them; compare `commit_epoch + reveal_period` with [`LocalChain::epoch_index`]).
+    pub fn all_pending_commits(&self) -> Result<Vec<PendingCommit>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT hotkey, hash, commit_epoch, commit_block FROM chain_commits ORDER BY id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, h, e, b) = row.map_err(|e| self.sql(e))?;
+            let h: [u8; 32] = h
+                .try_into()
+                .map_err(|_| self.store_err("commit hash of the wrong length"))?;
+            out.push(PendingCommit {
+                hotkey: hotkey_from_blob(&self.path, k)?,
+                hash: h,
+                commit_epoch: e,
+                commit_block: b,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Keep `p` (the validator's side of a commit: what its reveal needs) in the file, so a
+    /// process killed between commit and reveal can still reveal (see commit.rs).
+    pub fn save_reveal(&mut self, p: &PendingReveal) -> Result<()> {
+        let hash = p.hash_bytes()?;
+        let hk = p.account()?;
+        let json =
+            serde_json::to_string(p).map_err(|e| self.store_err(format!("saved reveal: {e}")))?;
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO chain_saved_reveals (hash, hotkey, reveal)
+                 VALUES (?1, ?2, ?3)",
+                params![&hash[..], &hk.0[..], json],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The saved reveals of `hotkey`, oldest first.
+    pub fn saved_reveals(&self, hotkey: &AccountId) -> Result<Vec<PendingReveal>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT reveal FROM chain_saved_reveals WHERE hotkey = ?1 ORDER BY rowid")
+            .map_err(|e| self.sql(e))?;
+        let rows = st
+            .query_map(params![&hotkey.0[..]], |r| r.get::<_, String>(0))
+            .map_err(|e| self.sql(e))?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(|e| self.sql(e))?;
+        rows.iter()
+            .map(|j| {
+                serde_json::from_str(j)
+                    .map_err(|e| self.store_err(format!("chain_saved_reveals: {e}")))
+            })
+            .collect()
+    }
+
+    /// Forget the saved reveal of commit `hash` (revealed, refused or expired).
+    pub fn drop_saved_reveal(&mut self, hash: &[u8; 32]) -> Result<()> {
+        let hash = *hash;
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM chain_saved_reveals WHERE hash = ?1",
+                params![&hash[..]],
+            )
+            .map(|_| ())
+        })
     }
 
     /// Every recorded epoch, oldest first.
