@@ -28,7 +28,7 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Cmd {
-    /// Create a chain (or show an existing one's parameters).
+    /// Create a chain, or show an existing one's parameters (changed by the flags given).
     Init {
         /// The SQLite file (shared with the other subnet components).
         #[arg(long)]
@@ -406,27 +406,47 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             reveal_period,
             weights_rate_limit,
         } => {
-            let mut p = match params {
+            let from_file = match &params {
                 Some(f) => {
-                    let text = std::fs::read_to_string(&f)
+                    let text = std::fs::read_to_string(f)
                         .with_context(|| format!("reading {}", f.display()))?;
-                    serde_json::from_str::<ChainParams>(&text)
-                        .with_context(|| format!("{}: chain parameters", f.display()))?
+                    Some(
+                        serde_json::from_str::<ChainParams>(&text)
+                            .with_context(|| format!("{}: chain parameters", f.display()))?,
+                    )
                 }
-                None => ChainParams::default(),
+                None => None,
             };
-            if let Some(t) = tempo {
-                p.tempo = t;
-            }
-            p.commit_reveal |= commit_reveal;
-            if let Some(r) = reveal_period {
-                p.reveal_period = r;
-            }
-            if let Some(r) = weights_rate_limit {
-                p.weights_rate_limit = r;
-            }
-            let chain = LocalChain::open_with(&db, &p)
+            let overrides = |mut p: ChainParams| {
+                if let Some(t) = tempo {
+                    p.tempo = t;
+                }
+                p.commit_reveal |= commit_reveal;
+                if let Some(r) = reveal_period {
+                    p.reveal_period = r;
+                }
+                if let Some(r) = weights_rate_limit {
+                    p.weights_rate_limit = r;
+                }
+                p
+            };
+            let new = overrides(from_file.clone().unwrap_or_default());
+            let mut chain = LocalChain::open_with(&db, &new)
                 .with_context(|| format!("creating chain in {}", db.display()))?;
+            // An existing chain keeps its parameters unless flags change them (the owner's
+            // hyperparameter calls): e.g. `--commit-reveal` on a tournament's database.
+            let flags = from_file.is_some()
+                || tempo.is_some()
+                || commit_reveal
+                || reveal_period.is_some()
+                || weights_rate_limit.is_some();
+            let want = overrides(from_file.unwrap_or_else(|| chain.params().clone()));
+            if flags && chain.params() != &want {
+                chain
+                    .set_params(want)
+                    .with_context(|| format!("updating the chain in {}", db.display()))?;
+                println!("updated the parameters of the existing chain:");
+            }
             println!("{}", serde_json::to_string_pretty(chain.params())?);
             println!(
                 "block {}, next epoch at block {}",

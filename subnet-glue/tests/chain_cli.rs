@@ -227,6 +227,38 @@ fn commit_reveal_from_the_command_line() {
         weights,
     ]);
     assert!(err.contains("TooManyUnrevealedCommits"), "{err}");
+
+    // An existing chain (say a tournament's) switched to commit-reveal by `init`.
+    let db2 = dir.path().join("plain.db");
+    let db2 = s(&db2);
+    let out = ok(&["init", "--db", db2]);
+    assert!(out.contains("\"commit_reveal\": false"), "{out}");
+    assert!(!ok(&["init", "--db", db2]).contains("updated"));
+    let out = ok(&[
+        "init",
+        "--db",
+        db2,
+        "--commit-reveal",
+        "--reveal-period",
+        "2",
+    ]);
+    assert!(
+        out.contains("updated") && out.contains("\"commit_reveal\": true"),
+        "{out}"
+    );
+    assert!(out.contains("\"reveal_period\": 2"), "{out}");
+    ok(&["register", "--db", db2, "--hotkey", "val", "--stake", "1"]);
+    let out = ok(&[
+        "commit",
+        "--db",
+        db2,
+        "--hotkey",
+        "val",
+        "--weights",
+        "0:1",
+        "--print",
+    ]);
+    assert!(out.contains("reveal in epoch 2"), "{out}");
     eprintln!("commit_reveal_from_the_command_line: {:?}", t0.elapsed());
 }
 
