@@ -9,6 +9,9 @@
 //! takes the reveal only in epoch `commit_epoch + reveal_period`. The salt is 8 random u16
 //! (as the Bittensor SDK draws it), or given by the caller for reproducible commits.
 //!
+//! The validator keeps each reveal in the same file (table `chain_saved_reveals`, created
+//! with the chain's tables in local.rs) from just before its commit until it is revealed.
+//!
 //! Neighbours: local.rs (commit_weights/reveal_weights checks), cli_chain.rs (`gradients
 //! chain commit|reveal|commits`), tournament/settle.rs (a tournament's weights).
 
@@ -17,6 +20,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::Read;
 use std::path::Path;
 
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use super::scale::{blake2_256, commit_hash, AccountId};
@@ -173,6 +177,54 @@ impl LocalChain {
             commit_epoch,
             reveal_epoch: commit_epoch + self.params().reveal_period,
             commit_block,
+        })
+    }
+
+    /// Keep `p` (the validator's side of a commit: what its reveal needs) in the file, so a
+    /// process killed between commit and reveal can still reveal (see commit.rs).
+    pub fn save_reveal(&mut self, p: &PendingReveal) -> Result<()> {
+        let hash = p.hash_bytes()?;
+        let hk = p.account()?;
+        let json =
+            serde_json::to_string(p).map_err(|e| self.store_err(format!("saved reveal: {e}")))?;
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO chain_saved_reveals (hash, hotkey, reveal)
+                 VALUES (?1, ?2, ?3)",
+                params![&hash[..], &hk.0[..], json],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The saved reveals of `hotkey`, oldest first.
+    pub fn saved_reveals(&self, hotkey: &AccountId) -> Result<Vec<PendingReveal>> {
+        let mut st = self
+            .conn()
+            .prepare("SELECT reveal FROM chain_saved_reveals WHERE hotkey = ?1 ORDER BY rowid")
+            .map_err(|e| self.sql(e))?;
+        let rows = st
+            .query_map(params![&hotkey.0[..]], |r| r.get::<_, String>(0))
+            .map_err(|e| self.sql(e))?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(|e| self.sql(e))?;
+        rows.iter()
+            .map(|j| {
+                serde_json::from_str(j)
+                    .map_err(|e| self.store_err(format!("chain_saved_reveals: {e}")))
+            })
+            .collect()
+    }
+
+    /// Forget the saved reveal of commit `hash` (revealed, refused or expired).
+    pub fn drop_saved_reveal(&mut self, hash: &[u8; 32]) -> Result<()> {
+        let hash = *hash;
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM chain_saved_reveals WHERE hash = ?1",
+                params![&hash[..]],
+            )
+            .map(|_| ())
         })
     }
 

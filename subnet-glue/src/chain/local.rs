@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
-use super::commit::PendingReveal;
 use super::scale::{commit_hash, AccountId};
 use super::yuma::{self, EpochInput, YumaParams};
 use super::{Chain, ChainError, EpochNeuron, EpochRecord, Metagraph, Neuron, Reject, Result};
@@ -282,24 +281,32 @@ impl LocalChain {
         Ok(())
     }
 
+    /// The connection (for the sibling modules' own `chain_*` tables).
+    pub(super) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn store_err(&self, msg: impl Into<String>) -> ChainError {
+    pub(super) fn store_err(&self, msg: impl Into<String>) -> ChainError {
         ChainError::Store {
             path: self.path.clone(),
             msg: msg.into(),
         }
     }
 
-    fn sql(&self, e: rusqlite::Error) -> ChainError {
+    pub(super) fn sql(&self, e: rusqlite::Error) -> ChainError {
         self.store_err(e.to_string())
     }
 
     /// Run `f` in one immediate transaction, committing only if it succeeds.
-    fn write<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>) -> Result<T> {
+    pub(super) fn write<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
         let path = self.path.clone();
         let err = |e: rusqlite::Error| ChainError::Store {
             path: path.clone(),
@@ -527,54 +534,6 @@ impl LocalChain {
             });
         }
         Ok(out)
-    }
-
-    /// Keep `p` (the validator's side of a commit: what its reveal needs) in the file, so a
-    /// process killed between commit and reveal can still reveal (see commit.rs).
-    pub fn save_reveal(&mut self, p: &PendingReveal) -> Result<()> {
-        let hash = p.hash_bytes()?;
-        let hk = p.account()?;
-        let json =
-            serde_json::to_string(p).map_err(|e| self.store_err(format!("saved reveal: {e}")))?;
-        self.write(|tx| {
-            tx.execute(
-                "INSERT OR REPLACE INTO chain_saved_reveals (hash, hotkey, reveal)
-                 VALUES (?1, ?2, ?3)",
-                params![&hash[..], &hk.0[..], json],
-            )
-            .map(|_| ())
-        })
-    }
-
-    /// The saved reveals of `hotkey`, oldest first.
-    pub fn saved_reveals(&self, hotkey: &AccountId) -> Result<Vec<PendingReveal>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT reveal FROM chain_saved_reveals WHERE hotkey = ?1 ORDER BY rowid")
-            .map_err(|e| self.sql(e))?;
-        let rows = st
-            .query_map(params![&hotkey.0[..]], |r| r.get::<_, String>(0))
-            .map_err(|e| self.sql(e))?
-            .collect::<rusqlite::Result<Vec<String>>>()
-            .map_err(|e| self.sql(e))?;
-        rows.iter()
-            .map(|j| {
-                serde_json::from_str(j)
-                    .map_err(|e| self.store_err(format!("chain_saved_reveals: {e}")))
-            })
-            .collect()
-    }
-
-    /// Forget the saved reveal of commit `hash` (revealed, refused or expired).
-    pub fn drop_saved_reveal(&mut self, hash: &[u8; 32]) -> Result<()> {
-        let hash = *hash;
-        self.write(|tx| {
-            tx.execute(
-                "DELETE FROM chain_saved_reveals WHERE hash = ?1",
-                params![&hash[..]],
-            )
-            .map(|_| ())
-        })
     }
 
     /// Every recorded epoch, oldest first.
