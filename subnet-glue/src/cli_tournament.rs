@@ -134,6 +134,15 @@ pub fn print_match(m: &MatchRecord, replayed: bool) {
     );
     for s in &m.players {
         let who = if s.champion { " (champion)" } else { "" };
+        // A bye (no task) is not a failure: the player advances without playing.
+        if m.task_id.is_none() {
+            println!(
+                "    uid {:>3} {}{who}: bye, advances without playing",
+                s.uid,
+                short(&s.method_hash)
+            );
+            continue;
+        }
         let won = if m.winners.contains(&s.method_hash) {
             "  <- wins"
         } else {

@@ -15,8 +15,9 @@
 //! distributes `emission_per_block × blocks since the last epoch`, less the owner's cut
 //! (`owner_cut`/65535, subtensor's 11796 ≈ 18%), which is recorded but paid to no uid.
 //! The epoch counter tags commits: a commit made in epoch e is revealed only while the
-//! counter equals `e + reveal_period`, and expires after. Uids are never pruned: registration
-//! fails with `SubnetFull` at `max_allowed_uids`.
+//! counter equals `e + reveal_period`, and expires after. Uids are never pruned:
+//! registration fails with `SubnetFull` at `max_allowed_uids`. `chain_saved_reveals` is the
+//! validator's side, not the chain's: what a commit's reveal needs, kept until revealed.
 
 use std::path::{Path, PathBuf};
 
@@ -145,6 +146,19 @@ impl ChainParams {
     }
 }
 
+/// One unrevealed commit as the chain holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCommit {
+    /// The committing hotkey.
+    pub hotkey: AccountId,
+    /// The commit hash.
+    pub hash: [u8; 32],
+    /// The epoch counter when committed.
+    pub commit_epoch: u64,
+    /// The block of the commit.
+    pub commit_block: u64,
+}
+
 /// The embedded chain (see the module doc).
 pub struct LocalChain {
     conn: Connection,
@@ -169,6 +183,8 @@ CREATE TABLE IF NOT EXISTS chain_bonds (
 CREATE TABLE IF NOT EXISTS chain_commits (
     id INTEGER PRIMARY KEY AUTOINCREMENT, hotkey BLOB NOT NULL, hash BLOB NOT NULL,
     commit_epoch INTEGER NOT NULL, commit_block INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chain_saved_reveals (
+    hash BLOB PRIMARY KEY, hotkey BLOB NOT NULL, reveal TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chain_epochs (
     epoch INTEGER PRIMARY KEY, block INTEGER NOT NULL, total_emission INTEGER NOT NULL,
     owner_cut INTEGER NOT NULL);
@@ -265,24 +281,32 @@ impl LocalChain {
         Ok(())
     }
 
+    /// The connection (for the sibling modules' own `chain_*` tables).
+    pub(super) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn store_err(&self, msg: impl Into<String>) -> ChainError {
+    pub(super) fn store_err(&self, msg: impl Into<String>) -> ChainError {
         ChainError::Store {
             path: self.path.clone(),
             msg: msg.into(),
         }
     }
 
-    fn sql(&self, e: rusqlite::Error) -> ChainError {
+    pub(super) fn sql(&self, e: rusqlite::Error) -> ChainError {
         self.store_err(e.to_string())
     }
 
     /// Run `f` in one immediate transaction, committing only if it succeeds.
-    fn write<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>) -> Result<T> {
+    pub(super) fn write<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
         let path = self.path.clone();
         let err = |e: rusqlite::Error| ChainError::Store {
             path: path.clone(),
@@ -473,6 +497,41 @@ impl LocalChain {
                 .try_into()
                 .map_err(|_| self.store_err("commit hash of the wrong length"))?;
             out.push((h, e, b));
+        }
+        Ok(out)
+    }
+
+    /// Unrevealed commits of every hotkey, in commit order (expired ones included until the hotkey's next commit or reveal drops
+    /// them; compare `commit_epoch + reveal_period` with [`LocalChain::epoch_index`]).
+    pub fn all_pending_commits(&self) -> Result<Vec<PendingCommit>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT hotkey, hash, commit_epoch, commit_block FROM chain_commits ORDER BY id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, h, e, b) = row.map_err(|e| self.sql(e))?;
+            let h: [u8; 32] = h
+                .try_into()
+                .map_err(|_| self.store_err("commit hash of the wrong length"))?;
+            out.push(PendingCommit {
+                hotkey: hotkey_from_blob(&self.path, k)?,
+                hash: h,
+                commit_epoch: e,
+                commit_block: b,
+            });
         }
         Ok(out)
     }

@@ -4,9 +4,11 @@
 //! (SPEC §6–§7).
 //!
 //! Rooms: scale.rs (AccountId, SS58, SCALE bytes and the commit hash), yuma.rs (one epoch
-//! in I32F32, pure), local.rs (the SQLite store and the extrinsic checks). The weights
+//! in I32F32, pure), local.rs (the SQLite store and the extrinsic checks), commit.rs (the
+//! validator's side of commit-reveal: saved reveals, salts, set-or-commit). The weights
 //! module ([`crate::weights`]) turns tournament results into the u16 vectors set here.
 
+pub mod commit; // PendingReveal (saved reveals), random salts, submit_weights: set or commit
 pub mod local; // LocalChain: SQLite tables chain_*, extrinsic checks, block clock, epochs
 pub mod scale; // AccountId (hex, SS58), SCALE encoding, blake2_256 commit hash
 pub mod yuma; // run_epoch: Yuma 3 / original Yuma in I32F32, ported from subtensor
@@ -14,7 +16,8 @@ pub mod yuma; // run_epoch: Yuma 3 / original Yuma in I32F32, ported from subten
 use std::fmt;
 use std::path::PathBuf;
 
-pub use local::{ChainParams, LocalChain};
+pub use commit::{submit_weights, weights_into_epoch, PendingReveal, Submitted};
+pub use local::{ChainParams, LocalChain, PendingCommit};
 pub use scale::{commit_hash, AccountId};
 
 /// Why the chain refused an extrinsic: subtensor's error names.

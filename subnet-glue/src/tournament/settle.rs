@@ -9,7 +9,8 @@
 //!   registrations the clock moves one block (Yuma ignores weights set in or before a
 //!   target's registration block).
 //! - [`settle`]: tournament_weights → quantize_u16 → set_weights (the validator's hotkey,
-//!   the chain's version key) → the next epoch; marked done on the tournament, so a rerun of
+//!   the chain's version key; on a commit-reveal chain commit, epochs, reveal:
+//!   chain::weights_into_epoch) → the next epoch; marked done on the tournament, so a rerun of
 //!   a finished tournament never sets its weights twice. (A kill between set_weights and that
 //!   mark can leave weights set but unmarked; the rerun then meets the chain's rate limit,
 //!   which it reports as already set.)
@@ -18,7 +19,7 @@
 
 use crate::chain::local::LocalChain;
 use crate::chain::scale::AccountId;
-use crate::chain::{Chain, EpochRecord, Reject};
+use crate::chain::{weights_into_epoch, Chain, EpochRecord, Reject};
 use crate::store::Store;
 use crate::weights::{quantize_u16, tournament_pools, PoolInput, Pools};
 
@@ -105,9 +106,15 @@ pub fn settle(
     }
     let hk = AccountId::from_name(VALIDATOR_HOTKEY);
     let version = chain.params().weights_version_key;
-    match chain.set_weights(&hk, &uids, &values, version) {
-        Ok(()) => {}
-        Err(e) if e.reason() == Some(Reject::SettingWeightsTooFast) => {
+    // Set, or commit → epochs → reveal when the chain runs commit-reveal; then the epoch.
+    let epoch = match weights_into_epoch(chain, &hk, &uids, &values, version) {
+        Ok(epoch) => epoch,
+        Err(e)
+            if matches!(
+                e.reason(),
+                Some(Reject::SettingWeightsTooFast | Reject::CommittingWeightsTooFast)
+            ) =>
+        {
             store::mark_chain_done(store, &o.tournament_id)?;
             return Ok(Settlement {
                 pools,
@@ -117,8 +124,7 @@ pub fn settle(
             });
         }
         Err(e) => return Err(chain_err(e)),
-    }
-    let epoch = chain.run_next_epoch().map_err(chain_err)?;
+    };
     store::mark_chain_done(store, &o.tournament_id)?;
     Ok(Settlement {
         pools,
