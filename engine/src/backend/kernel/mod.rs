@@ -16,11 +16,13 @@
 //! buffers, which every op with a bf16 kernel accepts (all of an op's activations share one
 //! dtype; `lse`, `rstd`, RoPE tables and optimiser state stay f32).
 //! Files: `table.rs` (kernel signatures + emulator FFI), `emu.rs` (EmuDevice), `ops.rs` (the
-//! `Backend` impl), `attention.rs` (attention tiles and launches), `xent.rs` (cross-entropy).
+//! `Backend` impl), `attention.rs` (attention tiles and launches), `rope.rs`, `xent.rs`
+//! (cross-entropy).
 
 mod attention; // attention_forward, attention_backward: tiles, grids, the three backward launches
 mod emu; // EmuDevice, EmuBuf: the kernel emulator as a device
 mod ops; // impl Backend for KernelBackend
+mod rope; // rope: checks, positions upload, one launch
 mod table; // kernel parameter lists (one table), emulator FFI dispatch
 mod xent; // cross_entropy: chunked lm_head GEMM + softmax kernel + dhidden GEMM
 

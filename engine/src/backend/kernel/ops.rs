@@ -1,9 +1,9 @@
 //! `impl Backend for KernelBackend<D>`: each op checks its arguments the way the CPU backend
-//! does (same lengths, same errors on bad ids, positions, probabilities), picks the
-//! `{op}_{dtype}` kernel and its launch shape from the comment above the kernel in kernels/,
-//! and launches it on the device. Attention lives in attention.rs and cross-entropy in
-//! xent.rs; GEMMs go to the device. Neighbours: mod.rs (the device trait, state), the
-//! kernels in kernels/{elementwise,rmsnorm,rope,swiglu,embedding,norm,adamw}.cu.
+//! does (same lengths, same errors on bad ids and probabilities), picks the `{op}_{dtype}`
+//! kernel and its launch shape from the comment above the kernel in kernels/, and launches it
+//! on the device. Attention lives in attention.rs, RoPE in rope.rs and cross-entropy in
+//! xent.rs; GEMMs go to the device. Neighbours: mod.rs (the device trait, state), the kernels
+//! in kernels/{elementwise,rmsnorm,swiglu,embedding,norm,adamw}.cu.
 
 use super::BLOCK_THREADS;
 use super::{meta_buf, scratch, Elem, GemmShape, KArg, KernelBackend, KernelDevice, Launch, Meta};
@@ -369,72 +369,7 @@ impl<D: KernelDevice> Backend for KernelBackend<D> {
         heads: usize,
         inverse: bool,
     ) -> Result<()> {
-        let op = "rope";
-        let d = table.head_dim;
-        let half = d / 2;
-        let dims = || format!("n={n}, heads={heads}, head_dim={d}");
-        if d == 0 || !d.is_multiple_of(2) {
-            return Err(Error::shape(op, format!("table head_dim {d} is not even")));
-        }
-        let width = checked_size(op, &[heads, d])?;
-        check_len(
-            op,
-            "x",
-            self.dev.len(x),
-            checked_size(op, &[n, width])?,
-            dims,
-        )?;
-        check_len(op, "positions", positions.len(), n, dims)?;
-        let tlen = checked_size(op, &[table.max_pos, half])?;
-        check_len(op, "table.cos", self.dev.len(&table.cos), tlen, dims)?;
-        check_len(op, "table.sin", self.dev.len(&table.sin), tlen, dims)?;
-        if let Some((t, &p)) = positions
-            .iter()
-            .enumerate()
-            .find(|(_, &p)| p as usize >= table.max_pos)
-        {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "token {t} has position {p}, past the table's {} positions",
-                    table.max_pos
-                ),
-            ));
-        }
-        let e = self.storage(op, "x", x)?;
-        self.same_elem(
-            op,
-            Elem::F32,
-            &[("table.cos", &table.cos), ("table.sin", &table.sin)],
-        )?;
-        let pairs = checked_size(op, &[n, heads, half])?;
-        if pairs == 0 {
-            return Ok(());
-        }
-        let ints = [
-            int(op, "n", n)?,
-            int(op, "heads", heads)?,
-            int(op, "head_dim", d)?,
-            int(op, "max_pos", table.max_pos)?,
-        ];
-        let mut guard = self.lock()?;
-        let slot = &mut guard.meta[Meta::Positions as usize];
-        let pos = meta_buf(&self.dev, slot, positions.iter().map(|&p| p as i32))?;
-        let cfg = Launch::linear(op, pairs.div_ceil(BLOCK_THREADS as usize), BLOCK_THREADS)?;
-        let dir = if inverse { "backward" } else { "forward" };
-        let args = &mut [
-            KArg::Mut(x, 0),
-            KArg::Ref(&table.cos, 0),
-            KArg::Ref(&table.sin, 0),
-            KArg::Ref(pos, 0),
-            KArg::I32(ints[0]),
-            KArg::I32(ints[1]),
-            KArg::I32(ints[2]),
-            KArg::I32(ints[3]),
-        ];
-        // SAFETY: x holds n·heads·d values, the tables max_pos·d/2, positions n (each below
-        // max_pos, checked); one thread per rotated pair.
-        unsafe { self.launch(&format!("rope_{dir}_{}", e.suffix()), cfg, args) }
+        self.rope_op(x, table, positions, n, heads, inverse)
     }
 
     fn attention_forward(
