@@ -41,11 +41,13 @@ fn attention_matches_cpu_for_every_head_dim() {
 
 #[test]
 fn llama_steps_match_cpu_and_repeat_bit_for_bit() {
-    let be = KernelBackend::new(EmuDevice);
-    let a = model::run(&be);
-    model::assert_matches(&a, &model::reference());
-    let b = model::run(&KernelBackend::new(EmuDevice));
-    model::assert_bit_identical(&a, &b);
+    for hd in [32, 64] {
+        let be = KernelBackend::new(EmuDevice);
+        let a = model::run(&be, hd);
+        model::assert_matches(&a, &model::reference(hd));
+        let b = model::run(&KernelBackend::new(EmuDevice), hd);
+        model::assert_bit_identical(&a, &b);
+    }
 }
 
 #[test]

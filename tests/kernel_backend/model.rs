@@ -1,6 +1,6 @@
 //! The whole model on any `Backend` against the CPU backend: a tiny random Qwen2-style Llama
-//! (attention biases, untied lm_head, head_dim 32 — the smallest head_dim the attention
-//! backward kernels cover, GQA 2:1) with LoRA on all seven targets and dropout, two training
+//! (attention biases, untied lm_head, head_dim 32 or 64 — the backward kernels cover 32, 64
+//! and 128 — GQA 2:1) with LoRA on all seven targets and dropout, two training
 //! steps (forward + backward + AdamW on the LoRA parameters; the second step recomputes the
 //! blocks), then an eval forward. Losses, LoRA gradients and parameters are compared with the
 //! CPU run within tolerance. Shared by ../kernel_backend.rs (emulator) and
@@ -17,14 +17,14 @@ use super::common::{lora_config, mixed_batch, random_lora, random_weights, tiny_
 /// Learning rate of the AdamW steps.
 pub const LR: f64 = 1e-2;
 
-/// The model, adapter and batch of the test.
-pub fn setup() -> (ModelConfig, ModelWeights, LoraWeights, Batch) {
+/// The model (two heads of `hd`, one kv head), adapter and batch of the test.
+pub fn setup(hd: usize) -> (ModelConfig, ModelWeights, LoraWeights, Batch) {
     let mut cfg = tiny_config(Arch::Qwen2, 2, false);
-    cfg.hidden_size = 64;
+    cfg.hidden_size = 2 * hd;
     cfg.num_heads = 2;
     cfg.num_kv_heads = 1;
-    cfg.head_dim = 32;
-    cfg.intermediate_size = 96;
+    cfg.head_dim = hd;
+    cfg.intermediate_size = 3 * hd;
     let w = random_weights(&cfg, 51);
     let lw = random_lora(&cfg, &lora_config(4, 0.1), 3, 0.2);
     let batch = mixed_batch(16, cfg.vocab_size, 21);
@@ -44,9 +44,10 @@ pub struct Run {
     pub eval: Vec<f32>,
 }
 
-/// Two training steps and an eval forward on `be`.
-pub fn run<B: Backend + Clone>(be: &B) -> Run {
-    let (cfg, w, lw, batch) = setup();
+/// Two training steps and an eval forward on `be`, with head_dim `hd` (32: the one-warp
+/// attention forward; 64 and 128: the tiled one).
+pub fn run<B: Backend + Clone>(be: &B, hd: usize) -> Run {
+    let (cfg, w, lw, batch) = setup(hd);
     let mut lora = LoraState::upload(be, &lw).unwrap();
     let mut grads = lora.zeros_grads(be).unwrap();
     let mut mo = lora.zeros_grads(be).unwrap();
@@ -87,8 +88,8 @@ pub fn run<B: Backend + Clone>(be: &B) -> Run {
 }
 
 /// The CPU backend's run (the reference).
-pub fn reference() -> Run {
-    run(&CpuBackend::<f32>::new())
+pub fn reference(hd: usize) -> Run {
+    run(&CpuBackend::<f32>::new(), hd)
 }
 
 /// Asserts `got` matches the CPU reference: losses within 1e-4 relative, each LoRA gradient
