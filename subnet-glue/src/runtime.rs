@@ -23,7 +23,7 @@ impl RunArgs {
         let device = self.setup_device()?;
         if device.is_cuda() {
             eprintln!(
-                "{device}: usable, but this command runs on the CPU backend (CUDA runs `train` and `eval`)"
+                "{device}: usable, but this command runs on the CPU backend (CUDA runs `train`, `eval` and `bench`)"
             );
             return Ok(Device::Cpu);
         }
