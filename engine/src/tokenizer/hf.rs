@@ -59,7 +59,6 @@ impl Tokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::TextTokenizer;
     use tokenizers::models::wordlevel::WordLevel;
 
     /// A one-word-per-id tokenizer.json in `dir`.
