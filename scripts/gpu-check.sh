@@ -5,12 +5,21 @@
 #                                binaries and the `gradients` tool with `--features cuda` into
 #                                gpu-bin/ and gpu-bin.tar.xz (GPU_BIN to change it; copy either
 #                                to the GPU machine).
+#                                Also exports SmolLM2's tokenizer (from the GGUF, with the
+#                                PYTHON that has transformers) and alpaca_en_demo into
+#                                gpu-bin/assets/ (a few MiB: the 94 MiB GGUF cannot travel to a
+#                                lent GPU machine, which takes 64 MiB and reaches nothing outside).
 #   scripts/gpu-check.sh run     on the GPU machine, from the repository root: runs every CUDA
-#                                test with GRADIENTS_REQUIRE_GPU=1 (a missing GPU fails), then,
-#                                when the SmolLM2 asset is cached, a 10-step LoRA run of
-#                                examples/alpaca-smollm2.toml on cpu and twice on cuda, and prints
-#                                one table: per-step losses cpu vs cuda (within 1e-2 relative),
-#                                the two cuda runs bit-identical, tokens/s of each.
+#                                test with GRADIENTS_REQUIRE_GPU=1 (a missing GPU fails); then a
+#                                10-step LoRA run of examples/alpaca-smollm2.toml on cpu and twice
+#                                on cuda, and prints one table: per-step losses cpu vs cuda
+#                                (within 1e-2 relative), the two cuda runs bit-identical, tokens/s
+#                                of each; then, when torch + peft import, scripts/compare/run.sh in
+#                                GPU mode (train/eval tokens/s, peak memory, MFU vs PEFT).
+#                                The model: the cached SmolLM2 GGUF when present, else a
+#                                SmolLM2-shaped model with seeded random weights made on the spot
+#                                (scripts/compare/random_smollm2.py: same shapes, so the same
+#                                kernels, GEMMs and memory; losses are a random model's).
 # What the tests cover: tests/cuda_backend.rs (every Backend op and a tiny Llama's training
 # steps vs the CPU backend, two GPU runs bit-identical, every kernel in the fatbin without
 # spills), cuda_attention.rs, cuda_gemm.rs, cuda_runtime.rs, kernels_emu.rs (ptxas report).
@@ -18,7 +27,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${GPU_BIN:-gpu-bin}
 TESTS="cuda_backend cuda_runtime cuda_attention cuda_gemm kernels_emu"
-ASSET=${GRADIENTS_CACHE:-$HOME/.cache/gradients}/assets/SmolLM2-135M-Instruct.Q4_1.gguf
+CACHE=${GRADIENTS_CACHE:-$HOME/.cache/gradients}/assets
+ASSET=$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf
+PYTHON=${PYTHON:-python3}
 
 build() {
     export NVCC=${NVCC:-$HOME/.cache/gradients/cuda-13.0/bin/nvcc}
@@ -32,6 +43,18 @@ build() {
     cargo build --workspace --features cuda --bin gradients -q
     cp "${CARGO_TARGET_DIR:-target}/debug/gradients" "$BIN/gradients"
     strip "$BIN"/* 2>/dev/null || true
+    # The tokenizer and the data, for the GPU machine (the model itself cannot travel).
+    local py=$PYTHON
+    [ -x "$HOME/.cache/gradients/pyref/bin/python" ] && py=$HOME/.cache/gradients/pyref/bin/python
+    bash scripts/fetch-assets.sh >/dev/null
+    mkdir -p "$BIN/assets"
+    cp "$CACHE/alpaca_en_demo.json" "$BIN/assets/"
+    "$py" - "$ASSET" "$BIN/assets/tokenizer" <<'PY'
+import os, sys
+from transformers import AutoTokenizer
+d, f = os.path.split(os.path.abspath(sys.argv[1]))
+AutoTokenizer.from_pretrained(d, gguf_file=f).save_pretrained(sys.argv[2])
+PY
     # Compressed for carrying to the GPU machine (~11 MB per stripped binary uncompressed).
     tar -cJf "$BIN.tar.xz" "$BIN"
     ls -la "$BIN" "$BIN.tar.xz"
@@ -43,7 +66,8 @@ train() {
     mkdir -p "$2"
     sed -e "s#^output_dir = .*#output_dir = \"$2/out\"#" \
         -e "s#^token_budget = .*#max_steps = 10#" \
-        -e "s#^model = .*#model = \"$ASSET\"#" \
+        -e "s#^model = .*#model = \"$MODEL\"#" \
+        -e "s#^dataset = .*#dataset = \"$DATA\"#" \
         -e "s#^save_every = .*#skip_eval = true#" examples/alpaca-smollm2.toml >"$cfg"
     "$BIN/gradients" train --config "$cfg" --fresh --device "$1" --json | tail -1
 }
@@ -57,12 +81,17 @@ run() {
         echo "== $t"
         if ! "$BIN/$t" --test-threads=1 2>&1 | tail -25; then failed=1; fi
     done
-    if [ ! -f "$ASSET" ]; then
-        echo "gpu-check: $ASSET not cached (scripts/fetch-assets.sh); skipping the SmolLM2 runs"
-        exit $failed
-    fi
     local tmp
     tmp=$(mktemp -d)
+    DATA=$CACHE/alpaca_en_demo.json
+    [ -f "$DATA" ] || DATA=$PWD/$BIN/assets/alpaca_en_demo.json
+    if [ -f "$ASSET" ]; then
+        MODEL=$ASSET
+    else
+        echo "== $ASSET not here: a SmolLM2-shaped model with random weights"
+        MODEL=$tmp/model
+        "$PYTHON" scripts/compare/random_smollm2.py --out "$MODEL" --tokenizer "$BIN/assets/tokenizer" || exit 1
+    fi
     echo "== SmolLM2-135M LoRA, 10 steps: cpu, cuda, cuda"
     train cpu "$tmp/cpu" >"$tmp/cpu.json"
     train cuda "$tmp/cuda1" >"$tmp/cuda1.json"
@@ -83,6 +112,13 @@ print(f"tokens/s: cpu {r['cpu']['tokens_per_s']:.0f}, cuda {r['cuda1']['tokens_p
 print(f"cuda runs bit-identical: {same}; worst cpu/cuda loss difference {worst:.2e} (limit 1e-2)")
 sys.exit(0 if same and worst <= 1e-2 else 1)
 PY
+    if "$PYTHON" -c "import torch, peft, transformers" 2>/dev/null; then
+        echo "== vs PyTorch + PEFT on the GPU (bf16), batch 8 x seq 1024, 10 steps"
+        DEVICE=cuda GRADIENTS_BIN=$BIN/gradients MODEL=$MODEL PYTHON=$PYTHON \
+            bash scripts/compare/run.sh 8 1024 10 1 || failed=1
+    else
+        echo "gpu-check: torch/peft/transformers not importable; skipping the PEFT comparison"
+    fi
     exit $failed
 }
 
