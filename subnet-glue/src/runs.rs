@@ -17,10 +17,22 @@
 //! - Warmup steps = floor(warmup_fraction · planned steps); `seq_len` is capped at the
 //!   model's maximum positions; the wall-clock cap is shared by all runs. Every run starts
 //!   fresh, so the same inputs always give the same adapter.
+//! - DPO tasks (the task's mapping is `dpo`): the runs use the trainer's DPO mode and every
+//!   field of the method applies as for instruct, with the DPO meaning the engine gives it:
+//!   `micro_batch` counts pairs, `seq_len` caps each sequence (prompt + chosen, prompt +
+//!   rejected; pairs with no completion token left are dropped), a step's tokens (for the
+//!   budget) are both sequences of its pairs, and the held-out loss of `best` and the search
+//!   is the DPO loss. Two fields are fixed rather than chosen: `train.packing` is ignored
+//!   (every DPO sequence is its own forward, so there is nothing to pack; a method that sets
+//!   it is still accepted, since its default is on and the same method plays every kind of
+//!   task) and β is SPEC §3's 0.1 (methods have no β field), so training optimises the loss
+//!   the validator scores.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use gradients_engine::data::Mapping;
+use gradients_engine::train::dpo::DpoRun;
 use gradients_engine::train::plan::{plan_steps, prepare_data};
 use gradients_engine::train::{train_model, Event, RunOptions, TrainConfig, TrainSummary};
 use gradients_engine::{Error, Result};
@@ -101,9 +113,14 @@ fn config(
     let mut cfg: TrainConfig = serde_json::from_value(v)
         .map_err(|e| Error::config(&source, "train config", e.to_string()))?;
     cfg.validate(&source)?;
-    let (train, _) = prepare_data(&cfg, base.tokenizer.as_ref())?;
-    let (plan, _) = plan_steps(&train, &cfg)?;
-    let steps = plan.len() as u64;
+    let tok = base.tokenizer.as_ref();
+    let steps = match &cfg.mapping {
+        Mapping::Dpo(dm) => DpoRun::prepare(&cfg, dm, tok)?.plan(&cfg)?.0.len(),
+        _ => {
+            let (train, _) = prepare_data(&cfg, tok)?;
+            plan_steps(&train, &cfg)?.0.len()
+        }
+    } as u64;
     cfg.schedule.warmup_steps = (m.schedule.warmup_fraction * steps as f64).floor() as u64;
     if spec.best {
         let every = m.budget.eval_every.unwrap_or((steps / 4).max(1));
