@@ -271,13 +271,34 @@ fn dpo_task_trains_in_dpo_mode_and_scores_the_dpo_loss() {
         .unwrap();
     assert_eq!(stored.per_sample_test, good.per_sample_test);
     assert_eq!(stored.test_loss.to_bits(), good.test_loss.to_bits());
-    // same inputs in another database: bit-identical losses and adapter
+    // the reference log-probs are cached per task and set: the timid method read them back
+    let cached: Vec<_> = std::fs::read_dir(dir.path().join("work/d"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("dpo-reference-")
+        })
+        .collect();
+    assert_eq!(
+        cached.len(),
+        2,
+        "one file for the test set, one for the synthetic set"
+    );
+    // same inputs in another database, evaluated in the other order (so the cache is
+    // written by the other method): bit-identical losses and adapters
     let dir2 = tempfile::tempdir().unwrap();
     let (store2, _) = setup(dir2.path(), "k");
     let task2 = dpo_task(dir2.path(), &store2, "d", 60);
-    let again = evaluate_method(&store2, &task2, &dm(1e-2), &base, &opts(dir2.path())).unwrap();
-    assert_eq!(again.per_sample_test, good.per_sample_test);
-    assert_eq!(again.adapter_sha256, good.adapter_sha256);
+    let o2 = opts(dir2.path());
+    let timid2 = evaluate_method(&store2, &task2, &dm(1e-7), &base, &o2).unwrap();
+    let again = evaluate_method(&store2, &task2, &dm(1e-2), &base, &o2).unwrap();
+    for (x, y) in [(&again, &good), (&timid2, &timid)] {
+        assert_eq!(x.per_sample_test, y.per_sample_test);
+        assert_eq!(x.synth_loss.to_bits(), y.synth_loss.to_bits());
+        assert_eq!(x.adapter_sha256, y.adapter_sha256);
+    }
     // the whole task: the trained method ranks first
     let run = evaluate_task(&store, "d", &[dm(1e-2), dm(1e-7)], &base, &o).unwrap();
     assert_eq!(run.scores.valid, 2);

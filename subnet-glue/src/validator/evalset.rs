@@ -11,19 +11,28 @@
 //!
 //! `max_eval_samples` keeps the first samples (or pairs) of each set; every entry carries
 //! its dataset (or test file) row.
+//!
+//! The DPO reference log-probs of a set are the same for every method of a task, so the
+//! first evaluation writes them (f64 bits, little-endian) to
+//! `work_dir/<task>/dpo-reference-<set>-<key>.bin`, `key` a sha256 over the base model's
+//! name and every pair's rows, ids and labels, and later methods read them back. Evaluation
+//! is deterministic, so the cached values are the bits a recomputation would give: results
+//! do not depend on whether the file was there.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::data::{
     tokenize_dpo, tokenize_sft, Mapping, Record, TokenizeOptions, TokenizedSample, Truncation,
 };
+use gradients_engine::eval::dpo::{pair_logps, score_dpo};
 use gradients_engine::eval::{
-    dpo_samples, eval_seq_len, evaluate, evaluate_dpo, DpoSample, EvalResult, DEFAULT_BETA,
+    dpo_samples, eval_seq_len, evaluate, DpoSample, EvalResult, DEFAULT_BETA,
 };
 use gradients_engine::lora::LoraState;
 use gradients_engine::model::Llama;
 use gradients_engine::{Error, Result};
+use sha2::{Digest, Sha256};
 
 use super::{BaseModel, ValidatorOptions};
 use crate::task::Task;
@@ -32,8 +41,41 @@ use crate::task::Task;
 pub(super) enum EvalSet {
     /// SFT samples (instruct, chat).
     Sft(Vec<TokenizedSample>),
-    /// Preference pairs (dpo).
-    Dpo(Vec<DpoSample>),
+    /// Preference pairs (dpo) and the file caching their reference log-probs.
+    Dpo(Vec<DpoSample>, PathBuf),
+}
+
+/// The cache file of `pairs`' reference log-probs in `dir` (module docs).
+fn reference_file(dir: &Path, set: &str, base: &str, pairs: &[DpoSample]) -> PathBuf {
+    let mut h = Sha256::new();
+    h.update(base.as_bytes());
+    for p in pairs {
+        h.update((p.row as u64).to_le_bytes());
+        for s in [&p.chosen, &p.rejected] {
+            h.update((s.len() as u64).to_le_bytes());
+            for (&id, &l) in s.input_ids.iter().zip(&s.labels) {
+                h.update(id.to_le_bytes());
+                h.update(l.to_le_bytes());
+            }
+        }
+    }
+    let key = hex::encode(h.finalize());
+    dir.join(format!("dpo-reference-{set}-{}.bin", &key[..16]))
+}
+
+/// The cached reference log-probs of `n` pairs, when the file holds exactly that many.
+fn read_reference(path: &Path, n: usize) -> Option<Vec<[f64; 2]>> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.len() != 16 * n {
+        return None;
+    }
+    let f = |c: &[u8]| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    Some(
+        bytes
+            .chunks_exact(16)
+            .map(|c| [f(&c[..8]), f(&c[8..])])
+            .collect(),
+    )
 }
 
 impl EvalSet {
@@ -46,6 +88,7 @@ impl EvalSet {
         rows: &[usize],
         file: &Path,
         opts: &ValidatorOptions,
+        cache: (&Path, &str),
     ) -> Result<EvalSet> {
         let picked: Vec<Record> = rows
             .iter()
@@ -73,7 +116,8 @@ impl EvalSet {
                 p.chosen.row = p.row;
                 p.rejected.row = p.row;
             }
-            return Ok(EvalSet::Dpo(pairs));
+            let path = reference_file(cache.0, cache.1, &base.name, &pairs);
+            return Ok(EvalSet::Dpo(pairs, path));
         }
         let topts = TokenizeOptions {
             seq_len,
@@ -97,8 +141,19 @@ impl EvalSet {
     ) -> Result<EvalResult> {
         match self {
             EvalSet::Sft(s) => evaluate(model, Some(lora), s, batch),
-            EvalSet::Dpo(p) => {
-                Ok(evaluate_dpo(model, Some(lora), p, DEFAULT_BETA)?.as_eval_result())
+            EvalSet::Dpo(pairs, cache) => {
+                let reference = match read_reference(cache, pairs.len()) {
+                    Some(r) => r,
+                    None => {
+                        let r = pair_logps(model, None, pairs)?;
+                        let bytes: Vec<u8> =
+                            r.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+                        gradients_engine::io::write_atomic(cache, &bytes)?;
+                        r
+                    }
+                };
+                let policy = pair_logps(model, Some(lora), pairs)?;
+                Ok(score_dpo(pairs, &policy, &reference, DEFAULT_BETA)?.as_eval_result())
             }
         }
     }

@@ -334,8 +334,24 @@ fn run_and_score(
         (Some(t), Some(p)) => (t.as_slice(), p.as_path()),
         _ => (records.as_slice(), task.dataset.as_path()),
     };
-    let test = EvalSet::build(task, base, test_src, &split.test, test_file, opts)?;
-    let synth = EvalSet::build(task, base, &records, &split.synth, &task.dataset, opts)?;
+    let test = EvalSet::build(
+        task,
+        base,
+        test_src,
+        &split.test,
+        test_file,
+        opts,
+        (&task_dir, "test"),
+    )?;
+    let synth = EvalSet::build(
+        task,
+        base,
+        &records,
+        &split.synth,
+        &task.dataset,
+        opts,
+        (&task_dir, "synth"),
+    )?;
     let cap = opts
         .wall_clock_cap
         .unwrap_or_else(|| Duration::from_secs_f64(task.hours_to_complete * 3600.0));
