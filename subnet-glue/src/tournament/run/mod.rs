@@ -2,10 +2,14 @@
 //! boss.rs with real training, through the validator (validator.rs `evaluate_method`: every
 //! method with the same data, seed and token budget on the validator's engine).
 //!
-//! Tasks: every match (and every boss-round task) gets its own task over the same dataset
+//! Tasks: every match (and every boss-round task) gets its own task over the dataset of its
+//! kind's source (the CLI's defaults: the alpaca demo for instruct, dpo_en_demo for dpo)
 //! with its own split seed `counter_hash(seed, stage, round, index)`: a different hidden test
-//! split and train split each time, from one file (the alpaca demo by default), with the
-//! task id `<tournament>-k<round>-<index>`, `-g<group>` or `-boss<j>`.
+//! split and train split each time, with the task id `<tournament>-k<round>-<index>`,
+//! `-g<group>` or `-boss<j>`. A knockout match's kind is drawn with SPEC §5's weights
+//! renormalised over the configured sources' kinds, the boss round spreads its tasks over
+//! them, and the group round plays instruct (when configured). The sources (kinds, files,
+//! mappings) are part of the stored settings, so a resumed run must use the same ones.
 //!
 //! Resume: each evaluation is stored by the validator as it finishes, each match as soon as
 //! it is decided (tournament_matches), and the end (champion, defences, library) in one
