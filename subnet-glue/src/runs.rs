@@ -15,8 +15,15 @@
 //!   `eval_every` steps (default a quarter of the planned steps) and submits the checkpoint
 //!   with the lowest held-out loss (a tie goes to the later one).
 //! - Warmup steps = floor(warmup_fraction · planned steps); `seq_len` is capped at the
-//!   model's maximum positions; the wall-clock cap is shared by all runs. Every run starts
-//!   fresh, so the same inputs always give the same adapter.
+//!   model's maximum positions; the wall-clock cap is shared by all runs.
+//! - Resume: the runs of a (task, method, seed, budget) live in one stable directory (the
+//!   validator's `run_dir`); a run under the `last` policy (the final run, and every search
+//!   candidate) saves a checkpoint every quarter of its planned steps and, when its
+//!   directory holds one from an interrupted invocation, resumes from it (the trainer's
+//!   resume is bit for bit, so the adapter is the one an uninterrupted run makes; one line
+//!   on stderr says so). A finished candidate resumes at its end and only re-evaluates. A
+//!   `best` run starts fresh: its best-so-far is tracked in memory. The wall-clock cap
+//!   restarts with each invocation.
 //! - DPO tasks (the task's mapping is `dpo`): the runs use the trainer's DPO mode and every
 //!   field of the method applies as for instruct, with the DPO meaning the engine gives it:
 //!   `micro_batch` counts pairs, `seq_len` caps each sequence (prompt + chosen, prompt +
@@ -126,6 +133,8 @@ fn config(
         let every = m.budget.eval_every.unwrap_or((steps / 4).max(1));
         cfg.eval_every = every;
         cfg.save_every = every;
+    } else {
+        cfg.save_every = steps.div_ceil(4).max(1);
     }
     Ok(cfg)
 }
@@ -148,13 +157,22 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(&tmp, to).map_err(|e| Error::io(to, e))
 }
 
-/// Train `cfg` from scratch; returns the summary and the adapter chosen by the policy.
+/// Train `cfg` (from scratch under `best`, else resuming its checkpoint if it has one);
+/// returns the summary and the adapter chosen by the policy.
 fn train_once(cfg: &TrainConfig, base: &BaseModel, best: bool) -> Result<(TrainSummary, PathBuf)> {
     let best_dir = cfg.output_dir.join("best_adapter");
     let mut last_eval: Option<(u64, f64)> = None;
     let mut best_seen: Option<f64> = None;
     let mut failure: Option<Error> = None;
     let mut on_event = |e: Event<'_>| match e {
+        Event::Start {
+            first_step,
+            total_steps,
+            ..
+        } if first_step > 0 => eprintln!(
+            "resuming {} from its checkpoint at step {first_step} of {total_steps}",
+            cfg.output_dir.display()
+        ),
         Event::Eval {
             step,
             adapter: true,
@@ -173,7 +191,7 @@ fn train_once(cfg: &TrainConfig, base: &BaseModel, best: bool) -> Result<(TrainS
         _ => {}
     };
     let opts = RunOptions {
-        fresh: true,
+        fresh: best,
         ..Default::default()
     };
     let summary = train_model(

@@ -19,7 +19,8 @@
 //!   of its tensors (layer, module, factor, shape, f32 bytes in order).
 //! - A method that fails to train (bad values for this model, a non-finite loss) gives a
 //!   failed result; validator-side problems (I/O, a changed dataset) are errors.
-//! - Unfinished pairs restart from scratch (`fresh`), so a killed run resumes with the same
+//! - A pair's runs live in `work_dir/<task>/<hash[..16]>-s<seed>-b<budget>/`; a killed
+//!   evaluation resumes its runs from their last checkpoints there (runs.rs), with the same
 //!   result.
 
 use std::path::{Path, PathBuf};
@@ -355,7 +356,12 @@ fn run_and_score(
     let cap = opts
         .wall_clock_cap
         .unwrap_or_else(|| Duration::from_secs_f64(task.hours_to_complete * 3600.0));
-    let run_dir = task_dir.join(&hash[..16]);
+    let run_dir = task_dir.join(format!(
+        "{}-s{}-b{}",
+        &hash[..16],
+        opts.seed,
+        opts.token_budget
+    ));
     let run = match run_method(task, method, base, &train_file, &run_dir, opts, cap) {
         Ok(run) => run,
         Err(e) => {
