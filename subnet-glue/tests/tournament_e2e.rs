@@ -9,6 +9,9 @@
 //!    play, and the winner meets the champion in a boss round of two tasks decided by the
 //!    margin rule (and the gate when it applies); defences and the library follow.
 //!
+//! 3. (dpo_tasks_in_knockout_and_boss_round) DPO end to end: a DPO match on dpo_en_demo
+//!    rows with short prompts, read as-is, then a boss round spread over instruct and dpo.
+//!
 //! Skips (printing why) when the assets are absent.
 
 mod tournament_support;
