@@ -2,8 +2,10 @@
 //! (SPEC §5–§6) on one machine, and the method library it fills.
 //!
 //! `tournament run` reads method files (examples/methods by default), trains and evaluates
-//! them through the validator on tasks made from one dataset (the cached alpaca demo by
-//! default) with the cached SmolLM2 model, prints every match as it is decided (the
+//! them through the validator on tasks made from one dataset per task kind (instruct: the
+//! cached alpaca demo; dpo: the cached dpo_en_demo, read as-is through the ShareGPT DPO
+//! mapping; `--task-kinds` picks the kinds, by default both when the DPO data resolves)
+//! with the cached SmolLM2 model, prints every match as it is decided (the
 //! bracket, per-task losses), the winner, then the weights (tournament pools, u16) set on the
 //! database's local chain and the emission of the epoch that follows. Killed, it resumes
 //! from the same `--db` with the same flags. Library code: tournament/ and library.rs.
@@ -11,7 +13,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use gradients_engine::data::Mapping;
+use gradients_engine::data::{DpoMapping, Mapping};
 use gradients_engine::train::config::resolve_asset;
 use gradients_subnet::chain::LocalChain;
 use gradients_subnet::library;
@@ -76,6 +78,17 @@ pub struct RunArgs {
     /// The instruct mapping as JSON (default: alpaca's instruction/input/output).
     #[arg(long)]
     mapping: Option<String>,
+    /// DPO dataset the dpo tasks are made from (or `asset:dpo_en_demo`).
+    #[arg(long, default_value = "asset:dpo_en_demo")]
+    dpo_data: PathBuf,
+    /// The DPO mapping as JSON (default: dpo_en_demo's `conversations` prompt and
+    /// `chosen`/`rejected` `{from, value}` answers, roles human/gpt).
+    #[arg(long)]
+    dpo_mapping: Option<String>,
+    /// Task kinds matches are drawn from (comma-separated: instruct, dpo); default both
+    /// when the DPO data resolves, else instruct.
+    #[arg(long, value_delimiter = ',')]
+    task_kinds: Option<Vec<String>>,
     /// Training tokens each method may spend per task.
     #[arg(long, default_value_t = 4096)]
     token_budget: u64,
@@ -110,6 +123,92 @@ pub struct RunArgs {
 
 const ALPACA_MAPPING: &str = r#"{"task_type": "instruct", "field_instruction": "instruction",
     "field_input": "input", "field_output": "output"}"#;
+
+/// A mapping flag's JSON, tagged `task_type` = `kind` when the tag is left out; it must be
+/// of that kind.
+fn parse_mapping(flag: &str, text: &str, kind: &str) -> anyhow::Result<Mapping> {
+    let mut v: serde_json::Value = serde_json::from_str(text)
+        .with_context(|| format!("{flag}: expected a {kind} mapping as JSON"))?;
+    let obj = v
+        .as_object_mut()
+        .with_context(|| format!("{flag}: expected a JSON object"))?;
+    obj.entry("task_type").or_insert_with(|| kind.into());
+    let m: Mapping = serde_json::from_value(v).with_context(|| format!("{flag}: bad mapping"))?;
+    let ok = match &m {
+        Mapping::Dpo(_) => kind == "dpo",
+        Mapping::Instruct(_) | Mapping::Chat(_) => kind == "instruct",
+    };
+    anyhow::ensure!(ok, "{flag}: expected a {kind} mapping");
+    m.validate().context(flag.to_string())?;
+    Ok(m)
+}
+
+/// The task sources of `a`: instruct from `--data`, dpo from `--dpo-data`, for the kinds
+/// asked (default: both, dpo only when its data resolves; the reason is printed otherwise).
+fn task_sources(a: &RunArgs) -> anyhow::Result<Vec<TaskSource>> {
+    let kinds: Vec<TaskKind> = match &a.task_kinds {
+        Some(names) => {
+            let mut k = Vec::new();
+            for n in names {
+                let kind = TaskKind::parse(n.trim()).context("--task-kinds")?;
+                anyhow::ensure!(
+                    kind != TaskKind::Grpo,
+                    "--task-kinds: grpo tasks are not supported by the validator (use instruct, dpo)"
+                );
+                if !k.contains(&kind) {
+                    k.push(kind);
+                }
+            }
+            anyhow::ensure!(!k.is_empty(), "--task-kinds: name at least one kind");
+            k
+        }
+        None => vec![TaskKind::Instruct, TaskKind::Dpo],
+    };
+    let mut out = Vec::new();
+    for kind in kinds {
+        let (flag, data, mapping) = match kind {
+            TaskKind::Instruct => (
+                "--data",
+                &a.data,
+                parse_mapping(
+                    "--mapping",
+                    a.mapping.as_deref().unwrap_or(ALPACA_MAPPING),
+                    "instruct",
+                )?,
+            ),
+            _ => {
+                let dm = match &a.dpo_mapping {
+                    Some(t) => parse_mapping("--dpo-mapping", t, "dpo")?,
+                    None => Mapping::Dpo(DpoMapping::sharegpt()),
+                };
+                ("--dpo-data", &a.dpo_data, dm)
+            }
+        };
+        let found = resolve_asset(data)
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(format!("{} is not a file", p.display()))
+                }
+            });
+        let dataset = match found {
+            Ok(p) => p,
+            Err(e) if a.task_kinds.is_none() && kind == TaskKind::Dpo => {
+                println!("dpo tasks off: {flag} {}: {e}", data.display());
+                continue;
+            }
+            Err(e) => anyhow::bail!("{flag}: {e}"),
+        };
+        out.push(TaskSource {
+            kind,
+            dataset: std::path::absolute(&dataset).unwrap_or(dataset),
+            mapping,
+        });
+    }
+    Ok(out)
+}
 
 fn short(h: &str) -> &str {
     &h[..h.len().min(12)]
@@ -237,10 +336,11 @@ pub fn run(cmd: TournamentCmd) -> anyhow::Result<()> {
             .context("setting the rayon thread count")?;
     }
     let mut subs = submissions_from_paths(&a.methods, 1).context("reading the methods")?;
+    let sources = task_sources(&a)?;
+    for src in &sources {
+        println!("{} tasks from {}", src.kind, src.dataset.display());
+    }
     let model = resolve_asset(&a.model).context("--model")?;
-    let data = resolve_asset(&a.data).context("--data")?;
-    let mapping: Mapping = serde_json::from_str(a.mapping.as_deref().unwrap_or(ALPACA_MAPPING))
-        .context("--mapping: expected an instruct mapping as JSON")?;
     let store = Store::open(&a.db).with_context(|| format!("opening {}", a.db.display()))?;
     let mut chain = LocalChain::open(&a.db)
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -258,11 +358,7 @@ pub fn run(cmd: TournamentCmd) -> anyhow::Result<()> {
         tournament_id: a.id.clone(),
         seed: a.seed,
         base_model: std::path::absolute(&model).unwrap_or(model.clone()),
-        sources: vec![TaskSource {
-            kind: TaskKind::Instruct,
-            dataset: std::path::absolute(&data).unwrap_or(data.clone()),
-            mapping,
-        }],
+        sources,
         boss_tasks: a.boss_tasks,
         gate: GateConfig::default(),
         validator,

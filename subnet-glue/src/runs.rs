@@ -15,12 +15,31 @@
 //!   `eval_every` steps (default a quarter of the planned steps) and submits the checkpoint
 //!   with the lowest held-out loss (a tie goes to the later one).
 //! - Warmup steps = floor(warmup_fraction · planned steps); `seq_len` is capped at the
-//!   model's maximum positions; the wall-clock cap is shared by all runs. Every run starts
-//!   fresh, so the same inputs always give the same adapter.
+//!   model's maximum positions; the wall-clock cap is shared by all runs.
+//! - Resume: the runs of a (task, method, seed, budget) live in one stable directory (the
+//!   validator's `run_dir`); a run under the `last` policy (the final run, and every search
+//!   candidate) saves a checkpoint every quarter of its planned steps and, when its
+//!   directory holds one from an interrupted invocation, resumes from it (the trainer's
+//!   resume is bit for bit, so the adapter is the one an uninterrupted run makes; one line
+//!   on stderr says so). A finished candidate resumes at its end and only re-evaluates. A
+//!   `best` run starts fresh: its best-so-far is tracked in memory. The wall-clock cap
+//!   restarts with each invocation.
+//! - DPO tasks (the task's mapping is `dpo`): the runs use the trainer's DPO mode and every
+//!   field of the method applies as for instruct, with the DPO meaning the engine gives it:
+//!   `micro_batch` counts pairs, `seq_len` caps each sequence (prompt + chosen, prompt +
+//!   rejected; pairs with no completion token left are dropped), a step's tokens (for the
+//!   budget) are both sequences of its pairs, and the held-out loss of `best` and the search
+//!   is the DPO loss. Two fields are fixed rather than chosen: `train.packing` is ignored
+//!   (every DPO sequence is its own forward, so there is nothing to pack; a method that sets
+//!   it is still accepted, since its default is on and the same method plays every kind of
+//!   task) and β is SPEC §3's 0.1 (methods have no β field), so training optimises the loss
+//!   the validator scores.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use gradients_engine::data::Mapping;
+use gradients_engine::train::dpo::DpoRun;
 use gradients_engine::train::plan::{plan_steps, prepare_data};
 use gradients_engine::train::{train_model, Event, RunOptions, TrainConfig, TrainSummary};
 use gradients_engine::{Error, Result};
@@ -101,14 +120,21 @@ fn config(
     let mut cfg: TrainConfig = serde_json::from_value(v)
         .map_err(|e| Error::config(&source, "train config", e.to_string()))?;
     cfg.validate(&source)?;
-    let (train, _) = prepare_data(&cfg, base.tokenizer.as_ref())?;
-    let (plan, _) = plan_steps(&train, &cfg)?;
-    let steps = plan.len() as u64;
+    let tok = base.tokenizer.as_ref();
+    let steps = match &cfg.mapping {
+        Mapping::Dpo(dm) => DpoRun::prepare(&cfg, dm, tok)?.plan(&cfg)?.0.len(),
+        _ => {
+            let (train, _) = prepare_data(&cfg, tok)?;
+            plan_steps(&train, &cfg)?.0.len()
+        }
+    } as u64;
     cfg.schedule.warmup_steps = (m.schedule.warmup_fraction * steps as f64).floor() as u64;
     if spec.best {
         let every = m.budget.eval_every.unwrap_or((steps / 4).max(1));
         cfg.eval_every = every;
         cfg.save_every = every;
+    } else {
+        cfg.save_every = steps.div_ceil(4).max(1);
     }
     Ok(cfg)
 }
@@ -131,13 +157,22 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(&tmp, to).map_err(|e| Error::io(to, e))
 }
 
-/// Train `cfg` from scratch; returns the summary and the adapter chosen by the policy.
+/// Train `cfg` (from scratch under `best`, else resuming its checkpoint if it has one);
+/// returns the summary and the adapter chosen by the policy.
 fn train_once(cfg: &TrainConfig, base: &BaseModel, best: bool) -> Result<(TrainSummary, PathBuf)> {
     let best_dir = cfg.output_dir.join("best_adapter");
     let mut last_eval: Option<(u64, f64)> = None;
     let mut best_seen: Option<f64> = None;
     let mut failure: Option<Error> = None;
     let mut on_event = |e: Event<'_>| match e {
+        Event::Start {
+            first_step,
+            total_steps,
+            ..
+        } if first_step > 0 => eprintln!(
+            "resuming {} from its checkpoint at step {first_step} of {total_steps}",
+            cfg.output_dir.display()
+        ),
         Event::Eval {
             step,
             adapter: true,
@@ -156,7 +191,7 @@ fn train_once(cfg: &TrainConfig, base: &BaseModel, best: bool) -> Result<(TrainS
         _ => {}
     };
     let opts = RunOptions {
-        fresh: true,
+        fresh: best,
         ..Default::default()
     };
     let summary = train_model(

@@ -3,7 +3,8 @@
 //! that trains beats one that barely moves on the hidden test split; results persist and a
 //! rerun never trains again; the same inputs give bit-identical losses and adapters; the
 //! search and best-checkpoint policies stay inside the token budget; a whole task is scored
-//! and finished; DPO tasks fail with a clear "not yet supported" result.
+//! and finished; a DPO task (ShareGPT-shaped pairs) trains in DPO mode and is scored on the
+//! DPO loss with per-pair losses.
 
 mod tasks_support;
 
@@ -172,7 +173,7 @@ fn search_and_best_checkpoint_stay_inside_the_budget() {
 }
 
 #[test]
-fn evaluate_task_scores_and_finishes_and_dpo_fails_clearly() {
+fn evaluate_task_scores_and_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = setup(dir.path(), "k");
     let base = tiny_base();
@@ -200,27 +201,107 @@ fn evaluate_task_scores_and_finishes_and_dpo_fails_clearly() {
     // asking again reads the finished task back
     let again = evaluate_task(&store, "k", &methods, &base, &o).unwrap();
     assert_eq!(again.results, run.results);
+}
 
-    let rows: Vec<serde_json::Value> = (0..20)
-        .map(|i| serde_json::json!({"prompt": format!("pick {i}"), "chosen": "yes.", "rejected": "no."}))
+/// A DPO task over `n` ShareGPT-shaped pairs (dpo_en_demo's shape): a conversation prompt
+/// and `{from, value}` answers; the chosen answer is always "yes.", the rejected "no.".
+fn dpo_task(dir: &Path, store: &Store, id: &str, n: usize) -> Task {
+    let rows: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "conversations": [{"from": "human", "value": format!("pick {}", i % 7)}],
+                "chosen": {"from": "gpt", "value": "yes."},
+                "rejected": {"from": "gpt", "value": "no."}
+            })
+        })
         .collect();
-    let dpo = dir.path().join("dpo.json");
-    std::fs::write(&dpo, serde_json::to_string(&rows).unwrap()).unwrap();
+    let data = dir.join(format!("{id}.json"));
+    std::fs::write(&data, serde_json::to_string(&rows).unwrap()).unwrap();
     let spec = format!(
-        "task_id = \"d\"\ntask_type = \"dpo\"\nbase_model = \"{}\"\ndataset = \"{}\"\nhours_to_complete = 1\n",
-        dir.path().join("tiny-model").display(),
-        dpo.display()
+        "task_id = \"{id}\"\ntask_type = \"dpo\"\nbase_model = \"{}\"\ndataset = \"{}\"\nhours_to_complete = 1\n\
+         [mapping]\nfield_prompt = \"conversations\"\nchat_user_reference = \"human\"\nchat_assistant_reference = \"gpt\"\n",
+        dir.join("tiny-model").display(),
+        data.display()
     );
-    let t = create_task(&store, &TaskSpec::parse(&spec, "dpo spec", false).unwrap())
+    create_task(store, &TaskSpec::parse(&spec, "dpo spec", false).unwrap())
         .unwrap()
-        .task;
-    let r = evaluate_method(&store, &t, &methods[1], &base, &o).unwrap();
-    assert!(
-        r.failed.as_deref().unwrap().contains("not yet supported"),
-        "{:?}",
-        r.failed
+        .task
+}
+
+#[test]
+fn dpo_task_trains_in_dpo_mode_and_scores_the_dpo_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = setup(dir.path(), "k");
+    let task = dpo_task(dir.path(), &store, "d", 60);
+    let base = tiny_base();
+    let o = opts(dir.path());
+    let dm = |lr: f64| {
+        let mut m = method(lr, "");
+        m.train.seq_len = 128;
+        m
+    };
+    let good = evaluate_method(&store, &task, &dm(1e-2), &base, &o).unwrap();
+    assert_eq!(good.failed, None, "{good:?}");
+    let split = load_split(&store, "d").unwrap();
+    assert_eq!(
+        good.test_rows, split.test,
+        "one pair per test row, in order"
     );
-    let run = evaluate_task(&store, "d", &methods, &base, &o).unwrap();
-    assert!(run.scores.reevaluate && run.attempts == 4);
-    assert_eq!(get_task(&store, "d").unwrap().status, TaskStatus::Failure);
+    assert_eq!(good.per_sample_test.len(), split.test.len());
+    // DPO loss per pair; the mean is their mean; ln 2 is the untrained value
+    let mean = good.per_sample_test.iter().sum::<f64>() / good.per_sample_test.len() as f64;
+    assert!((mean - good.test_loss).abs() < 1e-12);
+    assert_eq!(good.rank_loss, good.test_loss.max(good.synth_loss));
+    assert!(
+        good.test_loss < 0.5 * std::f64::consts::LN_2,
+        "preferring yes. is learnt: {}",
+        good.test_loss
+    );
+    assert!(good.tokens > 0 && good.tokens <= BUDGET, "{}", good.tokens);
+    // a method that barely moves stays at ln 2, and the stored result is read back
+    let timid = evaluate_method(&store, &task, &dm(1e-7), &base, &o).unwrap();
+    assert!(
+        (timid.test_loss - std::f64::consts::LN_2).abs() < 1e-3,
+        "{}",
+        timid.test_loss
+    );
+    let hash = dm(1e-2).hash();
+    let stored = gradients_subnet::validator::load_result(&store, "d", &hash)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.per_sample_test, good.per_sample_test);
+    assert_eq!(stored.test_loss.to_bits(), good.test_loss.to_bits());
+    // the reference log-probs are cached per task and set: the timid method read them back
+    let cached: Vec<_> = std::fs::read_dir(dir.path().join("work/d"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("dpo-reference-")
+        })
+        .collect();
+    assert_eq!(
+        cached.len(),
+        2,
+        "one file for the test set, one for the synthetic set"
+    );
+    // same inputs in another database, evaluated in the other order (so the cache is
+    // written by the other method): bit-identical losses and adapters
+    let dir2 = tempfile::tempdir().unwrap();
+    let (store2, _) = setup(dir2.path(), "k");
+    let task2 = dpo_task(dir2.path(), &store2, "d", 60);
+    let o2 = opts(dir2.path());
+    let timid2 = evaluate_method(&store2, &task2, &dm(1e-7), &base, &o2).unwrap();
+    let again = evaluate_method(&store2, &task2, &dm(1e-2), &base, &o2).unwrap();
+    for (x, y) in [(&again, &good), (&timid2, &timid)] {
+        assert_eq!(x.per_sample_test, y.per_sample_test);
+        assert_eq!(x.synth_loss.to_bits(), y.synth_loss.to_bits());
+        assert_eq!(x.adapter_sha256, y.adapter_sha256);
+    }
+    // the whole task: the trained method ranks first
+    let run = evaluate_task(&store, "d", &[dm(1e-2), dm(1e-7)], &base, &o).unwrap();
+    assert_eq!(run.scores.valid, 2);
+    assert_eq!(run.scores.ranking()[0], 0);
+    assert_eq!(get_task(&store, "d").unwrap().status, TaskStatus::Success);
 }

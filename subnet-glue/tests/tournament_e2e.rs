@@ -9,6 +9,9 @@
 //!    play, and the winner meets the champion in a boss round of two tasks decided by the
 //!    margin rule (and the gate when it applies); defences and the library follow.
 //!
+//! 3. (dpo_tasks_in_knockout_and_boss_round) DPO end to end: a DPO match on dpo_en_demo
+//!    rows with short prompts, read as-is, then a boss round spread over instruct and dpo.
+//!
 //! Skips (printing why) when the assets are absent.
 
 mod tournament_support;
@@ -251,4 +254,131 @@ fn three_methods_two_tournaments_weights_and_emission() {
         }
     }
     eprintln!("two tournaments in {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The dpo_en_demo rows (as-is: `conversations` + `{from, value}` answers) whose prompt is
+/// under 200 characters, written to `dir`; or why the asset is unavailable.
+fn short_dpo_rows(dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    let src = gradients_engine::assets::cache_dir()?.join(gradients_engine::assets::DPO_EN_DEMO);
+    let text = std::fs::read_to_string(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let short: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| {
+            let turns = r["conversations"].as_array().map_or(&[][..], |t| t);
+            turns
+                .iter()
+                .map(|t| t["value"].as_str().map_or(0, str::len))
+                .sum::<usize>()
+                < 200
+        })
+        .collect();
+    let path = dir.join("dpo_short.json");
+    std::fs::write(&path, serde_json::to_string(&short).unwrap()).unwrap();
+    Ok(path)
+}
+
+/// DPO through the whole tournament, CI-sized (dpo_en_demo rows with short prompts, 4 pairs
+/// scored per set): a match of two methods on a DPO task (scored on the DPO loss, the lower
+/// loss wins, per-pair losses stored by the validator under (task, hash)), then a
+/// tournament of the three methods on instruct + dpo: the two that are not champion play a
+/// knockout match and the winner meets the champion in a boss round whose two tasks are one
+/// of each kind.
+#[test]
+fn dpo_tasks_in_knockout_and_boss_round() {
+    let (model, data) = match assets() {
+        Ok(a) => a,
+        Err(e) => return eprintln!("skipping: real assets unavailable: {e}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dpo_data = match short_dpo_rows(dir.path()) {
+        Ok(p) => p,
+        Err(e) => return eprintln!("skipping: dpo_en_demo unavailable: {e}"),
+    };
+    let t0 = std::time::Instant::now();
+    let files = write_methods(&dir.path().join("methods"));
+    let subs = submissions_from_paths(&files, 1).unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    let base = BaseModel::load(&model).unwrap();
+    let work = dir.path().join("work");
+    let dpo_source = TaskSource {
+        kind: TaskKind::Dpo,
+        dataset: dpo_data.clone(),
+        mapping: gradients_engine::data::Mapping::Dpo(
+            gradients_engine::data::DpoMapping::sharegpt(),
+        ),
+    };
+    let mut cfg = config(&model, &data, &work, 0);
+    cfg.sources = vec![dpo_source.clone()];
+    cfg.validator.max_eval_samples = Some(4);
+
+    // 1. DPO only, bold against timid.
+    let o1 = play(&store, &base, &cfg, &[subs[0].clone(), subs[2].clone()]);
+    let played: Vec<_> = o1.matches.iter().filter(|m| m.task_id.is_some()).collect();
+    assert_eq!(played.len(), 1, "{:?}", o1.matches);
+    for m in &played {
+        assert_eq!(m.kind, "dpo");
+        let task = gradients_subnet::task::get_task(&store, m.task_id.as_ref().unwrap()).unwrap();
+        assert_eq!(task.task_type, gradients_subnet::task::TaskType::Dpo);
+        let (a, b) = (&m.players[0], &m.players[1]);
+        let (la, lb) = (a.loss.unwrap(), b.loss.unwrap());
+        let w = if la <= lb { a } else { b };
+        assert_eq!(m.winners, vec![w.method_hash.clone()], "{m:?}");
+        for s in &m.players {
+            let r = gradients_subnet::validator::load_result(
+                &store,
+                m.task_id.as_ref().unwrap(),
+                &s.method_hash,
+            )
+            .unwrap()
+            .expect("stored by (task, hash)");
+            assert_eq!(r.failed, None);
+            assert_eq!(r.per_sample_test.len(), 4);
+            assert_eq!(r.per_sample_test.len(), r.test_rows.len());
+            let mean = r.per_sample_test.iter().sum::<f64>() / r.per_sample_test.len() as f64;
+            assert!(
+                (mean - r.test_loss).abs() < 1e-12,
+                "mean DPO loss of the pairs"
+            );
+            assert!(r.test_loss > 0.0 && r.test_loss.is_finite());
+            assert_ne!(
+                r.test_loss,
+                std::f64::consts::LN_2,
+                "a trained adapter moves off ln 2"
+            );
+        }
+    }
+    let champion = o1.champion_after.clone();
+
+    // 2. Instruct + dpo: the champion defends on one task of each kind.
+    let mut cfg2 = config(&model, &data, &work, 1);
+    cfg2.sources.push(dpo_source);
+    cfg2.validator.max_eval_samples = Some(4);
+    let o2 = play(&store, &base, &cfg2, &subs);
+    assert_eq!(
+        o2.champion_before.as_ref().map(|c| &c.method_hash),
+        Some(&champion.method_hash)
+    );
+    let boss: Vec<&str> = o2
+        .matches
+        .iter()
+        .filter(|m| m.stage == Stage::Boss)
+        .map(|m| m.kind.as_str())
+        .collect();
+    assert_eq!(boss, ["instruct", "dpo"]);
+    for m in o2.matches.iter().filter(|m| m.stage == Stage::Boss) {
+        assert_eq!(m.margin, Some(margin(0)), "{m:?}");
+        assert!(m.players.iter().all(|s| s.loss.is_some()), "{m:?}");
+    }
+    eprintln!(
+        "dpo tournaments in {:.1} s: {:?}",
+        t0.elapsed().as_secs_f64(),
+        o2.matches
+            .iter()
+            .map(|m| (
+                m.kind.clone(),
+                m.players.iter().map(|s| s.loss).collect::<Vec<_>>()
+            ))
+            .collect::<Vec<_>>()
+    );
 }

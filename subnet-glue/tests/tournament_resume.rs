@@ -1,7 +1,10 @@
 //! SIGKILL a real `gradients tournament run` mid-way and run it again: it resumes from the
 //! SQLite file and ends with the same outcome as an uninterrupted run in another database,
 //! with nothing counted twice (one row per match and per evaluation, one library entry, one
-//! champion, weights set once). Skips (printing why) when the real assets are absent.
+//! champion, weights set once). A second SIGKILL lands in the middle of a method's training
+//! (as soon as a run has saved a checkpoint): the next run resumes that training from the
+//! checkpoint (it says so on stderr) instead of starting over, and the outcome is still the
+//! uninterrupted one. Skips (printing why) when the real assets are absent.
 
 mod tournament_support;
 
@@ -30,15 +33,41 @@ fn cmd(db: &Path, methods: &Path, model: &Path, data: &Path) -> Command {
 }
 
 /// Run to the end; returns stdout.
-fn run_to_end(mut c: Command) -> String {
+fn run_to_end(c: Command) -> String {
+    run_to_end_with_stderr(c).0
+}
+
+/// Run to the end; returns stdout and stderr.
+fn run_to_end_with_stderr(mut c: Command) -> (String, String) {
     let out = c.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// Checkpoints of unfinished runs under the work dir: `<task>/<pair>/final/checkpoints/step-*`
+/// whose run has no final adapter yet.
+fn unfinished_checkpoints(work: &Path) -> Vec<std::path::PathBuf> {
+    let dirs = |p: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(p)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for task in dirs(work) {
+        for pair in dirs(&task) {
+            let fin = pair.join("final");
+            if fin.join("adapter").exists() {
+                continue;
+            }
+            out.extend(dirs(&fin.join("checkpoints")).into_iter().filter(|d| {
+                d.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+            }));
+        }
+    }
+    out
 }
 
 /// The outcome JSON (the last line of `--json` output), losses rounded to 10 significant
@@ -114,8 +143,43 @@ fn sigkill_mid_tournament_then_resume() {
     assert_eq!(count(&db, "SELECT COUNT(*) FROM library_methods"), 0);
     let first = count(&db, "SELECT COUNT(*) FROM results");
 
-    // Resume to the end.
-    let resumed = run_to_end(cmd(&db, &methods, &model, &data));
+    // Run again and SIGKILL as soon as a method's training has saved a checkpoint.
+    let work = std::path::PathBuf::from(format!("{}.work", db.display()));
+    let mut child = cmd(&db, &methods, &model, &data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let mid = loop {
+        let found = unfinished_checkpoints(&work);
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before a checkpoint"
+        );
+        assert!(t.elapsed().as_secs() < 1200, "no checkpoint in 20 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let second = count(&db, "SELECT COUNT(*) FROM results");
+
+    // Resume to the end: the interrupted training resumes from its checkpoint.
+    let (resumed, stderr) = run_to_end_with_stderr(cmd(&db, &methods, &model, &data));
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("resuming ") && l.contains("from its checkpoint at step"))
+        .unwrap_or_else(|| panic!("no resumed training after killing at {mid:?}: {stderr}"));
+    let run_dir = mid[0].parent().unwrap().parent().unwrap();
+    assert!(
+        line.contains(&run_dir.display().to_string()),
+        "{line} resumes {}",
+        run_dir.display()
+    );
+    assert!(first <= second);
     assert!(resumed.contains("(resuming)"), "{resumed}");
     assert!(resumed.contains("(recorded earlier)"), "{resumed}");
     let o = outcome(&resumed);

@@ -15,13 +15,8 @@
 //!   with `chat_role_field` (`from`) and `chat_content_field` (`value`); roles named
 //!   `chat_user_reference` (`user`) / `chat_assistant_reference` (`assistant`) / `system`
 //!   map to ChatML's user / assistant / system.
-//! - dpo: without formats, `chatml.intel`: prompt = optional
-//!   `<|im_start|>system\n{system}<|im_end|>\n`, then `<|im_start|>user\n{prompt}<|im_end|>\n
-//!   <|im_start|>assistant\n`; chosen/rejected = the text + `<|im_end|>`. With a non-trivial
-//!   `prompt_format` / `chosen_format` / `rejected_format` (placeholders `{prompt}`,
-//!   `{system}`, `{chosen}`, `{rejected}`) those are used and tokenize.rs appends EOS; the
-//!   trivial `"{prompt}"` / `"{chosen}"` / `"{rejected}"` (the live type's defaults, which
-//!   the live network ignores) keep chatml.intel.
+//! - dpo: `chatml.intel` by default, user-defined formats otherwise; text or conversation
+//!   prompts, text or `{from, value}` answers: dpo_mapping.rs holds [`DpoMapping`].
 //! - chat `chat_template`: the live network's default is the name `"chatml"`; we follow
 //!   SPEC §1 instead (unset = the tokenizer's own template, else ChatML).
 //!
@@ -36,6 +31,8 @@ use serde_json::Value;
 use super::Record;
 use crate::error::{Error, Result};
 use crate::tokenizer::ChatMessage;
+
+pub use super::dpo_mapping::DpoMapping;
 
 /// Instruct (SFT) column mapping.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -101,40 +98,6 @@ impl Default for ChatMapping {
             chat_content_field: "value".into(),
             chat_user_reference: "user".into(),
             chat_assistant_reference: "assistant".into(),
-        }
-    }
-}
-
-/// DPO (preference pairs) column mapping.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DpoMapping {
-    /// Column of the prompt.
-    pub field_prompt: String,
-    /// Column of an optional system text.
-    pub field_system: Option<String>,
-    /// Column of the preferred answer.
-    pub field_chosen: String,
-    /// Column of the rejected answer.
-    pub field_rejected: String,
-    /// Prompt template (`{prompt}`, `{system}`).
-    pub prompt_format: Option<String>,
-    /// Chosen template (`{chosen}`, `{prompt}`).
-    pub chosen_format: Option<String>,
-    /// Rejected template (`{rejected}`, `{prompt}`).
-    pub rejected_format: Option<String>,
-}
-
-impl Default for DpoMapping {
-    fn default() -> Self {
-        DpoMapping {
-            field_prompt: "prompt".into(),
-            field_system: None,
-            field_chosen: "chosen".into(),
-            field_rejected: "rejected".into(),
-            prompt_format: None,
-            chosen_format: None,
-            rejected_format: None,
         }
     }
 }
@@ -216,7 +179,7 @@ pub fn column(row: &Record, path: &Path, row_no: usize, column: &str) -> Result<
     }
 }
 
-fn text_of(v: &Value, path: &Path, row_no: usize, column: &str) -> Result<String> {
+pub(super) fn text_of(v: &Value, path: &Path, row_no: usize, column: &str) -> Result<String> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Null => Ok(String::new()),
@@ -397,85 +360,6 @@ impl ChatMapping {
             messages.push(ChatMessage::new(role, content));
         }
         Ok(Example::Chat(messages))
-    }
-}
-
-impl DpoMapping {
-    /// Check required fields and the templates' placeholders.
-    pub fn validate(&self) -> Result<()> {
-        for (field, v) in [
-            ("field_prompt", &self.field_prompt),
-            ("field_chosen", &self.field_chosen),
-            ("field_rejected", &self.field_rejected),
-        ] {
-            if v.trim().is_empty() {
-                return Err(Error::config("dpo mapping", field, "is required"));
-            }
-        }
-        let p = [("prompt", "p"), ("system", "s")];
-        if let Some(f) = &self.prompt_format {
-            fill(f, &p, "prompt_format")?;
-        }
-        if let Some(f) = &self.chosen_format {
-            fill(f, &[("chosen", "c"), ("prompt", "p")], "chosen_format")?;
-        }
-        if let Some(f) = &self.rejected_format {
-            fill(f, &[("rejected", "r"), ("prompt", "p")], "rejected_format")?;
-        }
-        Ok(())
-    }
-
-    /// The rendered preference pair of `row`.
-    pub fn example(&self, row: &Record, path: &Path, row_no: usize) -> Result<DpoExample> {
-        let prompt = column(row, path, row_no, &self.field_prompt)?;
-        let chosen = column(row, path, row_no, &self.field_chosen)?;
-        let rejected = column(row, path, row_no, &self.field_rejected)?;
-        let system = match &self.field_system {
-            Some(c) => column(row, path, row_no, c)?,
-            None => String::new(),
-        };
-        // The live network's type carries the trivial formats by default and still uses
-        // chatml.intel, so only a non-trivial format selects the user-defined style.
-        let set = |f: &Option<String>, trivial: &str| f.as_deref().is_some_and(|f| f != trivial);
-        let user_defined = set(&self.prompt_format, "{prompt}")
-            || set(&self.chosen_format, "{chosen}")
-            || set(&self.rejected_format, "{rejected}");
-        if !user_defined {
-            let mut p = String::new();
-            if !system.is_empty() {
-                p.push_str(&format!("<|im_start|>system\n{system}<|im_end|>\n"));
-            }
-            p.push_str(&format!(
-                "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
-            ));
-            return Ok(DpoExample {
-                prompt: p,
-                chosen: format!("{chosen}<|im_end|>"),
-                rejected: format!("{rejected}<|im_end|>"),
-                append_eos: false,
-            });
-        }
-        let pf = self.prompt_format.as_deref().unwrap_or("{prompt}");
-        let cf = self.chosen_format.as_deref().unwrap_or("{chosen}");
-        let rf = self.rejected_format.as_deref().unwrap_or("{rejected}");
-        Ok(DpoExample {
-            prompt: fill(
-                pf,
-                &[("prompt", &prompt), ("system", &system)],
-                "prompt_format",
-            )?,
-            chosen: fill(
-                cf,
-                &[("chosen", &chosen), ("prompt", &prompt)],
-                "chosen_format",
-            )?,
-            rejected: fill(
-                rf,
-                &[("rejected", &rejected), ("prompt", &prompt)],
-                "rejected_format",
-            )?,
-            append_eos: true,
-        })
     }
 }
 

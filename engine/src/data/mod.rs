@@ -9,8 +9,9 @@
 //! reproduced bit for bit.
 
 pub mod chat; // CHATML_TEMPLATE, resolve_template, chat_segments (trained spans of a chat)
+pub mod dpo_mapping; // DpoMapping: preference pairs, text or conversation prompts (chatml.intel)
 pub mod formats; // Format, read_records: JSON array, JSONL, CSV, Parquet
-pub mod mapping; // InstructMapping, ChatMapping, DpoMapping, Mapping, Example, DpoExample
+pub mod mapping; // InstructMapping, ChatMapping, Mapping, Example, DpoExample (+ DpoMapping re-export)
 pub mod pack; // pack_rows, packed_batches, unpacked_batches, PackedBatch
 pub mod parquet; // read_parquet: Parquet rows -> records (record API, no arrow)
 pub mod rng; // Pcg64, permutation: numpy default_rng(seed) bit for bit

@@ -9,7 +9,7 @@
 //! - boss.rs: the boss round's margin rule, failure rules and majority;
 //! - bootstrap.rs: the paired-bootstrap significance gate applied on top of the margin;
 //! - store.rs: the `tournament_*` SQLite tables that make a run resumable;
-//! - run.rs: the runner that trains and evaluates every method through the validator and
+//! - run/: the runner that trains and evaluates every method through the validator and
 //!   records each result as it finishes;
 //! - settle.rs: the weights of a finished tournament on the local chain, and an epoch.
 //!

@@ -9,25 +9,25 @@
 //!   and is the only dataset the trainer gets (the trainer holds out its own SPEC §2 slice
 //!   of it, which is the "held-out slice of train" for `best` checkpoints and the search).
 //! - Test and synthetic rows are tokenised with the task's mapping at SPEC §3's length
-//!   (2048/4096, or `eval_seq_len`), one sample per row, and scored with the engine's
-//!   `eval::evaluate`; `rank_loss` = max(test, synth), NaN when either is NaN (worst).
+//!   (2048/4096, or `eval_seq_len`), one sample (DPO: one pair) per row, and scored with the
+//!   engine's `eval::evaluate` (DPO: `eval::evaluate_dpo`, β 0.1, reference = the base
+//!   model; evalset.rs); `rank_loss` = max(test, synth), NaN when either is NaN (worst).
+//! - DPO tasks train in the trainer's DPO mode with the same seed, budget and cap rules as
+//!   instruct; how a method's fields apply to DPO is described in runs.rs.
 //! - Fine-tune check: the adapter must load against the task's base model (targets and
 //!   shapes, `LoraWeights::load`), else the result is failed. The adapter hash is the sha256
 //!   of its tensors (layer, module, factor, shape, f32 bytes in order).
 //! - A method that fails to train (bad values for this model, a non-finite loss) gives a
 //!   failed result; validator-side problems (I/O, a changed dataset) are errors.
-//! - Unfinished pairs restart from scratch (`fresh`), so a killed run resumes with the same
-//!   result. DPO tasks give a failed, unstored "not yet supported" result until the engine
-//!   has DPO training and evaluation.
+//! - A pair's runs live in `work_dir/<task>/<hash[..16]>-s<seed>-b<budget>/`; a killed
+//!   evaluation resumes its runs from their last checkpoints there (runs.rs), with the same
+//!   result.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gradients_engine::backend::cpu::CpuBackend;
-use gradients_engine::data::{
-    tokenize_sft, Record, TextTokenizer, TokenizeOptions, TokenizedSample, Truncation,
-};
-use gradients_engine::eval::{eval_seq_len, evaluate};
+use gradients_engine::data::{Record, TextTokenizer};
 use gradients_engine::lora::{LoraState, LoraWeights};
 use gradients_engine::model::load::load_model;
 use gradients_engine::model::{Llama, ModelConfig, ModelWeights};
@@ -39,14 +39,17 @@ use crate::method::Method;
 use crate::runs::{run_method, Candidate};
 use crate::scoring::{score_task, TaskScores, MAX_EVAL_ATTEMPTS};
 use crate::store::Store;
+mod evalset; // EvalSet: test/synthetic sets tokenised (SFT samples or DPO pairs) and scored
 mod results; // methods and results tables: store_method, get_method, load_result, task_results
+
+use evalset::EvalSet;
 
 use results::{attempt_count, save_result, stored};
 pub use results::{get_method, load_result, store_method, task_results, MIGRATIONS};
 
 use crate::task::{
     advance_to, get_task, load_records, load_split, model_config, set_status, Task, TaskSplit,
-    TaskStatus, TaskType,
+    TaskStatus,
 };
 
 /// The validator's side of an evaluation: the same for every method of a task.
@@ -127,13 +130,14 @@ pub struct MethodResult {
     pub task_id: String,
     /// The method's content hash.
     pub method_hash: String,
-    /// Mean completion-token loss on the hidden test split (NaN when failed).
+    /// Mean completion-token loss on the hidden test split (DPO: mean DPO loss; NaN when
+    /// failed).
     pub test_loss: f64,
     /// Mean loss on the synthetic set (NaN when failed).
     pub synth_loss: f64,
     /// max(test, synth); NaN when either is NaN (ranked worst).
     pub rank_loss: f64,
-    /// Each scored test sample's mean loss, in split order.
+    /// Each scored test sample's mean loss (DPO: each pair's loss), in split order.
     pub per_sample_test: Vec<f64>,
     /// The dataset (or test file) row of each entry of `per_sample_test`.
     pub test_rows: Vec<usize>,
@@ -200,46 +204,6 @@ pub fn adapter_sha256(w: &LoraWeights) -> String {
         }
     }
     hex::encode(h.finalize())
-}
-
-/// Tokenise `rows` of `records` (`file` names them) for evaluation; each sample's `row` is
-/// mapped back to its dataset row.
-fn eval_samples(
-    task: &Task,
-    base: &BaseModel,
-    records: &[Record],
-    rows: &[usize],
-    file: &Path,
-    opts: &ValidatorOptions,
-) -> Result<Vec<TokenizedSample>> {
-    let picked: Vec<Record> = rows
-        .iter()
-        .map(|&r| {
-            records.get(r).cloned().ok_or_else(|| {
-                Error::format(
-                    file,
-                    format!("split row {r} is beyond the file's {} rows", records.len()),
-                )
-            })
-        })
-        .collect::<Result<_>>()?;
-    let seq_len = opts
-        .eval_seq_len
-        .unwrap_or_else(|| eval_seq_len(&base.config))
-        .min(base.config.max_position_embeddings.max(1));
-    let topts = TokenizeOptions {
-        seq_len,
-        truncation: Truncation::TruncateTail,
-    };
-    let (mut samples, _) =
-        tokenize_sft(base.tokenizer.as_ref(), &task.mapping, &picked, file, topts)?;
-    if let Some(k) = opts.max_eval_samples {
-        samples.truncate(k);
-    }
-    for s in &mut samples {
-        s.row = rows[s.row];
-    }
-    Ok(samples)
 }
 
 /// Write the miner's view of the task (its train split) as JSONL; returns the file.
@@ -340,15 +304,6 @@ fn evaluate_attempt(
         }
         attempts = attempt_count(store, &task.task_id, &hash)? + 1;
     }
-    if task.task_type == TaskType::Dpo {
-        return Ok(MethodResult::failed(
-            task,
-            &hash,
-            "dpo tasks are not yet supported by the validator (the engine has no DPO training or evaluation on this branch)".into(),
-            0,
-            0.0,
-        ));
-    }
     check_base(task, base)?;
     let split = load_split(store, &task.task_id)?;
     let mut r = if opts.threads > 0 {
@@ -380,12 +335,33 @@ fn run_and_score(
         (Some(t), Some(p)) => (t.as_slice(), p.as_path()),
         _ => (records.as_slice(), task.dataset.as_path()),
     };
-    let test = eval_samples(task, base, test_src, &split.test, test_file, opts)?;
-    let synth = eval_samples(task, base, &records, &split.synth, &task.dataset, opts)?;
+    let test = EvalSet::build(
+        task,
+        base,
+        test_src,
+        &split.test,
+        test_file,
+        opts,
+        (&task_dir, "test"),
+    )?;
+    let synth = EvalSet::build(
+        task,
+        base,
+        &records,
+        &split.synth,
+        &task.dataset,
+        opts,
+        (&task_dir, "synth"),
+    )?;
     let cap = opts
         .wall_clock_cap
         .unwrap_or_else(|| Duration::from_secs_f64(task.hours_to_complete * 3600.0));
-    let run_dir = task_dir.join(&hash[..16]);
+    let run_dir = task_dir.join(format!(
+        "{}-s{}-b{}",
+        &hash[..16],
+        opts.seed,
+        opts.token_budget
+    ));
     let run = match run_method(task, method, base, &train_file, &run_dir, opts, cap) {
         Ok(run) => run,
         Err(e) => {
@@ -411,8 +387,8 @@ fn run_and_score(
     let be = CpuBackend::<f32>::new();
     let mut model = Llama::new(be.clone(), &base.config, &base.weights)?;
     let lora = LoraState::upload(&be, &lw)?;
-    let tr = evaluate(&mut model, Some(&lora), &test, opts.eval_batch)?;
-    let sr = evaluate(&mut model, Some(&lora), &synth, opts.eval_batch)?;
+    let tr = test.score(&mut model, &lora, opts.eval_batch)?;
+    let sr = synth.score(&mut model, &lora, opts.eval_batch)?;
     Ok(MethodResult {
         task_id: task.task_id.clone(),
         method_hash: hash.to_string(),
