@@ -24,6 +24,7 @@
 //!   the live network ignores) keep chatml.intel.
 //! - chat `chat_template`: the live network's default is the name `"chatml"`; we follow
 //!   SPEC §1 instead (unset = the tokenizer's own template, else ChatML).
+//! - grpo: prompts and reward functions, in grpo.rs / reward.rs.
 //!
 //! Errors name the file, the 1-based row and the column. tokenize.rs turns the [`Example`]s
 //! made here into token ids; formats.rs supplies the records.
@@ -216,7 +217,7 @@ pub fn column(row: &Record, path: &Path, row_no: usize, column: &str) -> Result<
     }
 }
 
-fn text_of(v: &Value, path: &Path, row_no: usize, column: &str) -> Result<String> {
+pub(super) fn text_of(v: &Value, path: &Path, row_no: usize, column: &str) -> Result<String> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Null => Ok(String::new()),
@@ -479,7 +480,7 @@ impl DpoMapping {
     }
 }
 
-/// A task's mapping, tagged by task type (`"instruct"`, `"chat"`, `"dpo"`).
+/// A task's mapping, tagged by task type (`"instruct"`, `"chat"`, `"dpo"`, `"grpo"`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "task_type", rename_all = "lowercase")]
 pub enum Mapping {
@@ -489,6 +490,8 @@ pub enum Mapping {
     Chat(ChatMapping),
     /// Preference pairs.
     Dpo(DpoMapping),
+    /// Prompts + reward functions (grpo.rs).
+    Grpo(super::grpo::GrpoMapping),
 }
 
 impl Mapping {
@@ -498,6 +501,7 @@ impl Mapping {
             Mapping::Instruct(m) => m.validate(),
             Mapping::Chat(m) => m.validate(),
             Mapping::Dpo(m) => m.validate(),
+            Mapping::Grpo(m) => m.validate(),
         }
     }
 }

@@ -277,6 +277,12 @@ impl TrainConfig {
             }
         }
         self.mapping.validate()?;
+        if matches!(self.mapping, Mapping::Grpo(_)) {
+            return err(
+                "mapping.task_type",
+                "grpo training is not supported yet (grpo mappings are evaluated with gradients eval)".into(),
+            );
+        }
         let beta = self.dpo_beta;
         if !(beta.is_finite() && beta > 0.0 && beta <= 100.0) {
             return err("dpo_beta", format!("must be in (0, 100], got {beta}"));
