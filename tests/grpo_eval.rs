@@ -93,13 +93,16 @@ fn mapping_files_parse_and_bad_ones_name_the_field() {
     assert!(e.contains("rewards") && e.contains("1..=16"), "{e}");
     let e = bad(&TOML.replace("field_prompt = \"q\"", "field_prompt = \" \""));
     assert!(e.contains("field_prompt"), "{e}");
-    // training on a grpo mapping is refused at validation, naming the field
+    // a training run takes a grpo mapping and a bounded `grpo` section
     let run = format!("model = \"m\"\ndataset = \"d\"\noutput_dir = \"o\"\n[mapping]\n{TOML}")
         .replace("[[rewards]]", "[[mapping.rewards]]");
-    let e = TrainConfig::from_toml(&run, "run.toml")
+    let cfg = TrainConfig::from_toml(&run, "run.toml").unwrap();
+    assert!(matches!(cfg.mapping, Mapping::Grpo(_)) && cfg.grpo.is_none());
+    let bad_run = format!("{run}\n[grpo]\nnum_generations = 1\n");
+    let e = TrainConfig::from_toml(&bad_run, "run.toml")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("mapping.task_type") && e.contains("grpo"), "{e}");
+    assert!(e.contains("grpo.num_generations"), "{e}");
 }
 
 #[test]
