@@ -1,8 +1,8 @@
 //! GRPO training on a tiny random Llama (built in code) with the letter tokenizer: group
 //! advantages with hand-computed numbers, the step's gradient against finite differences of
 //! its loss in f64, a run that raises the sampled mean reward of "contains the letter x",
-//! bit-identical adapters for 1 and 2 threads, and the token budget counting every sample at
-//! its maximum length.
+//! bit-identical adapters for 1 and 2 threads, a bit-exact resume, the token budget counting
+//! every sample at its maximum length, and the example config parsing.
 
 mod common;
 
@@ -269,4 +269,41 @@ fn runs_are_bit_identical_across_threads_and_budgets_count_max_lengths() {
     let s = run(&cfg);
     assert_eq!((s.steps, s.stop_reason), (2, StopReason::TokenBudget));
     assert!(s.tokens <= budget);
+}
+
+#[test]
+fn resume_is_bit_exact_and_the_example_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_rows(dir.path());
+    let adapter =
+        |s: &TrainSummary| std::fs::read(s.adapter_dir.join("adapter_model.safetensors")).unwrap();
+    let straight = run(&config(
+        &data,
+        &dir.path().join("a"),
+        "max_steps = 3\nskip_eval = true",
+    ));
+    let cfg = config(
+        &data,
+        &dir.path().join("b"),
+        "max_steps = 3\nskip_eval = true",
+    );
+    let (mcfg, w) = model();
+    let stop = RunOptions {
+        stop_after_steps: Some(2),
+        ..RunOptions::default()
+    };
+    let first = train_tiny(&cfg, &mcfg, &w, &stop).unwrap();
+    assert_eq!(
+        (first.steps, first.stop_reason),
+        (2, StopReason::Interrupted)
+    );
+    let resumed = run(&cfg);
+    assert_eq!((resumed.resumed_from, resumed.steps), (2, 3));
+    assert_eq!(resumed.losses, straight.losses[2..]);
+    assert_eq!(adapter(&resumed), adapter(&straight));
+
+    let ex = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/grpo-smollm2.toml");
+    let cfg = TrainConfig::from_file(&ex).unwrap();
+    assert!(matches!(cfg.mapping, Mapping::Grpo(_)));
+    assert_eq!(cfg.grpo.unwrap().num_generations, 4);
 }
