@@ -215,12 +215,15 @@ impl GrpoMapping {
         row_no: usize,
     ) -> Result<GrpoPrompt> {
         let value = self.prompt_value(row, path, row_no)?;
+        if self.prompt_format.is_some() && matches!(value, PromptValue::Turns(_)) {
+            return Err(self.turns_with_format(path, row_no));
+        }
         let system = self.system(row, path, row_no)?;
         let text = match (&self.prompt_format, value) {
-            (Some(_), PromptValue::Turns(_)) => return Err(self.turns_with_format(path, row_no)),
             (Some(f), PromptValue::Text(p)) => {
                 fill(f, &[("prompt", &p), ("system", &system)], "prompt_format")?
             }
+            (Some(_), PromptValue::Turns(_)) => return Err(self.turns_with_format(path, row_no)),
             (None, value) => {
                 let mut messages = Vec::new();
                 if !system.is_empty() {
