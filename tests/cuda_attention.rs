@@ -1,4 +1,4 @@
-//! The attention launchers of the CUDA runtime (engine/src/backend/cuda/attention.rs) on GPU 0
+//! Attention of the CUDA backend (engine/src/backend/kernel/attention.rs on `CudaDevice`) on GPU 0
 //! against the CPU backend: causal GQA attention over packed rows, head_dim 64 and 128, f32
 //! and bf16 storage (the CPU runs on the same rounded inputs), tolerance `atol + |ref|·rtol`;
 //! two backward runs bit-identical; shape and dtype errors. Without the `cuda` feature this
@@ -11,17 +11,18 @@
 use std::sync::OnceLock;
 
 use gradients_engine::backend::cpu::CpuBackend;
-use gradients_engine::backend::cuda::attention::check_starts;
-use gradients_engine::backend::cuda::{CudaBuf, CudaRuntime};
+use gradients_engine::backend::cuda::{CudaBackend, CudaBuf};
+use gradients_engine::backend::kernel::check_starts;
 use gradients_engine::backend::Backend;
 use gradients_engine::DType;
 use half::bf16;
 
-/// GPU 0's runtime, shared by the tests; `None` (with the reason printed) when there is none.
-fn gpu() -> Option<&'static CudaRuntime> {
-    static RT: OnceLock<Result<CudaRuntime, String>> = OnceLock::new();
-    match RT.get_or_init(|| CudaRuntime::new(0).map_err(|e| e.to_string())) {
-        Ok(rt) => Some(rt),
+/// The CUDA backend on GPU 0, shared by the tests; `None` (with the reason printed) when
+/// there is none.
+fn gpu() -> Option<&'static CudaBackend> {
+    static BE: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+    match BE.get_or_init(|| CudaBackend::on_gpu(0).map_err(|e| e.to_string())) {
+        Ok(be) => Some(be),
         Err(why) => {
             let required = std::env::var("GRADIENTS_REQUIRE_GPU").is_ok_and(|v| v == "1");
             assert!(!required, "GRADIENTS_REQUIRE_GPU=1 but: {why}");
@@ -83,7 +84,7 @@ struct Out {
 
 #[allow(clippy::too_many_arguments)]
 fn run_gpu(
-    rt: &CudaRuntime,
+    be: &CudaBackend,
     dt: DType,
     x: [&[f32]; 4],
     starts: &[u32],
@@ -94,22 +95,23 @@ fn run_gpu(
     hd: usize,
 ) -> Out {
     let n = batch * seq;
-    let [q, k, v, dout] = x.map(|a| rt.upload(dt, a).unwrap());
-    let st = rt.upload_starts(starts, batch, seq).unwrap();
-    let mut out = rt.alloc(dt, n * heads * hd).unwrap();
-    let mut lse = rt.alloc(DType::F32, n * heads).unwrap();
-    rt.attention_forward(&mut out, &mut lse, &q, &k, &v, &st, heads, kv_heads, hd)
-        .unwrap();
-    let mut dq = rt.alloc(dt, n * heads * hd).unwrap();
-    let mut dk = rt.alloc(dt, n * kv_heads * hd).unwrap();
-    let mut dv = rt.alloc(dt, n * kv_heads * hd).unwrap();
-    let mut dsum = rt.alloc(DType::F32, n * heads).unwrap();
-    rt.attention_backward(
-        &mut dq, &mut dk, &mut dv, &mut dsum, &dout, &q, &k, &v, &out, &lse, &st, heads, kv_heads,
-        hd,
+    let [q, k, v, dout] = x.map(|a| be.upload_as(dt, a).unwrap());
+    let zeros = |len: usize| be.upload_as(dt, &vec![0.0; len]).unwrap();
+    let mut out = zeros(n * heads * hd);
+    let mut lse = be.alloc(n * heads).unwrap();
+    be.attention_forward(
+        &mut out, &mut lse, &q, &k, &v, starts, batch, seq, heads, kv_heads, hd,
     )
     .unwrap();
-    let dl = |b: &CudaBuf| rt.download_f32(b).unwrap();
+    let mut dq = zeros(n * heads * hd);
+    let mut dk = zeros(n * kv_heads * hd);
+    let mut dv = zeros(n * kv_heads * hd);
+    be.attention_backward(
+        &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out, &lse, starts, batch, seq, heads,
+        kv_heads, hd,
+    )
+    .unwrap();
+    let dl = |b: &CudaBuf| be.download(b).unwrap();
     Out {
         out: dl(&out),
         lse: dl(&lse),
@@ -124,7 +126,7 @@ type Case = (usize, usize, usize, usize, usize, &'static [usize]);
 
 #[test]
 fn attention_forward_backward_match_cpu_backend() {
-    let Some(rt) = gpu() else { return };
+    let Some(be) = gpu() else { return };
     let cpu = CpuBackend::<f32>::new();
     // (batch, seq, heads, kv_heads, hd, sample lengths per row)
     let cases: [Case; 4] = [
@@ -168,7 +170,7 @@ fn attention_forward_backward_match_cpu_backend() {
             )
             .unwrap();
             let args = [q.as_slice(), k, v, dout];
-            let g = run_gpu(rt, dt, args, &starts, batch, seq, heads, kv_heads, hd);
+            let g = run_gpu(be, dt, args, &starts, batch, seq, heads, kv_heads, hd);
             let (afrac, rtol) = if dt == DType::BF16 {
                 (1e-2, 1.6e-2)
             } else {
@@ -179,7 +181,7 @@ fn attention_forward_backward_match_cpu_backend() {
             assert_close(&format!("{what} dq"), &g.dq, &dq, afrac, rtol);
             assert_close(&format!("{what} dk"), &g.dk, &dk, afrac, rtol);
             assert_close(&format!("{what} dv"), &g.dv, &dv, afrac, rtol);
-            let again = run_gpu(rt, dt, args, &starts, batch, seq, heads, kv_heads, hd);
+            let again = run_gpu(be, dt, args, &starts, batch, seq, heads, kv_heads, hd);
             for (name, a, b) in [
                 ("out", &g.out, &again.out),
                 ("dq", &g.dq, &again.dq),
@@ -204,13 +206,10 @@ fn attention_rejects_bad_shapes_and_dtypes() {
         e.contains("token 1 (index 1 in its row) has sample start 2"),
         "{e}"
     );
-    let Some(rt) = gpu() else { return };
-    let e = rt.upload_starts(&[0, 0], 1, 3).unwrap_err().to_string();
-    assert!(e.contains("starts has 2 values, expected 3"), "{e}");
+    let Some(be) = gpu() else { return };
     let (batch, seq, heads, kvh, hd) = (1, 4, 2, 1, 64);
-    let st = rt.upload_starts(&[0; 4], batch, seq).unwrap();
     let n = batch * seq;
-    let a = |dt, len| rt.alloc(dt, len).unwrap();
+    let a = |dt, len| be.upload_as(dt, &vec![0.0; len]).unwrap();
     let (q, k, v) = (
         a(DType::F32, n * heads * hd),
         a(DType::F32, n * kvh * hd),
@@ -218,27 +217,50 @@ fn attention_rejects_bad_shapes_and_dtypes() {
     );
     let mut out = a(DType::F32, n * heads * hd);
     let mut lse = a(DType::F32, n * heads);
-    let e = rt
-        .attention_forward(&mut out, &mut lse, &q, &k, &v, &st, heads, kvh, hd)
+    let st = [0u32; 4];
+    let e = be
+        .attention_forward(
+            &mut out,
+            &mut lse,
+            &q,
+            &k,
+            &k,
+            &st[..2],
+            1,
+            3,
+            heads,
+            kvh,
+            hd,
+        )
         .unwrap_err()
         .to_string();
-    assert!(e.contains("v is BF16 but q is F32"), "{e}");
-    let e = rt
-        .attention_forward(&mut out, &mut lse, &q, &k, &k, &st, 3, kvh, hd)
+    assert!(e.contains("starts has 2 values, expected 3"), "{e}");
+    let e = be
+        .attention_forward(
+            &mut out, &mut lse, &q, &k, &v, &st, batch, seq, heads, kvh, hd,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("v is Bf16, expected F32"), "{e}");
+    let e = be
+        .attention_forward(&mut out, &mut lse, &q, &k, &k, &st, batch, seq, 3, kvh, hd)
         .unwrap_err()
         .to_string();
     assert!(e.contains("out has 512 values, expected 768"), "{e}");
     let dout = a(DType::F32, n * heads * 96);
-    let (mut dq, mut dk, mut dv, mut dsum) = (
+    let (mut dq, mut dk, mut dv) = (
         a(DType::F32, n * heads * 96),
         a(DType::F32, n * kvh * 96),
         a(DType::F32, n * kvh * 96),
-        a(DType::F32, n * heads),
     );
-    let e = rt
+    let (q, k, o) = (
+        a(DType::F32, n * heads * 96),
+        a(DType::F32, n * kvh * 96),
+        a(DType::F32, n * heads * 96),
+    );
+    let e = be
         .attention_backward(
-            &mut dq, &mut dk, &mut dv, &mut dsum, &dout, &q, &k, &k, &out, &lse, &st, heads, kvh,
-            96,
+            &mut dq, &mut dk, &mut dv, &dout, &q, &k, &k, &o, &lse, &st, batch, seq, heads, kvh, 96,
         )
         .unwrap_err()
         .to_string();

@@ -10,6 +10,7 @@
 #include "../attention_backward.cu"
 #include "../cast.cu"
 #include "../cross_entropy.cu"
+#include "../elementwise.cu"
 #include "../embedding.cu"
 #include "../norm.cu"
 #include "../rmsnorm.cu"
@@ -42,6 +43,14 @@
                (loss, logits, targets, vocab, scale))                                                    \
   EMU_LAUNCHER(embedding_##S, (T * out, const T* table, const int* ids, int h, int vocab),               \
                (out, table, ids, h, vocab))                                                              \
+  EMU_LAUNCHER(fill_##S, (T * x, size_t len, float value), (x, len, value))                               \
+  EMU_LAUNCHER(copy_##S, (T * dst, const T* src, size_t len), (dst, src, len))                            \
+  EMU_LAUNCHER(axpy_##S, (T * x, const T* y, size_t len, float alpha), (x, y, len, alpha))                \
+  EMU_LAUNCHER(scale_##S, (T * x, size_t len, float alpha), (x, len, alpha))                              \
+  EMU_LAUNCHER(add_bias_##S, (T * x, const T* bias, size_t len, int d), (x, bias, len, d))                \
+  EMU_LAUNCHER(dropout_##S,                                                                              \
+               (T * out, const T* x, size_t len, unsigned long long key, unsigned threshold, float scale), \
+               (out, x, len, key, threshold, scale))                                                     \
   EMU_LAUNCHER(attention_forward_##S,                                                                    \
                (T * out, float* lse, const T* q, const T* k, const T* v, const int* starts, int n, int seq, \
                 int heads, int kv_heads, int hd, float scale),                                           \
@@ -77,9 +86,9 @@ EMU_TYPED(bf16, bf16)
 EMU_ATTN_BWD(f32, float)
 EMU_ATTN_BWD(bf16, bf16)
 EMU_LAUNCHER(adamw_f32,
-             (float* p, const float* g, float* m, float* v, size_t len, float b1, float b2, float eps, float decay,
-              float step_size, float bc2_sqrt),
-             (p, g, m, v, len, b1, b2, eps, decay, step_size, bc2_sqrt))
+             (float* p, const float* g, float* m, float* v, size_t len, float w, float beta2, float one_minus_beta2,
+              float eps, float decay, float neg_step_size, float bc2_sqrt),
+             (p, g, m, v, len, w, beta2, one_minus_beta2, eps, decay, neg_step_size, bc2_sqrt))
 EMU_LAUNCHER(cast_f32_to_bf16, (bf16 * dst, const float* src, size_t len), (dst, src, len))
 EMU_LAUNCHER(cast_bf16_to_f32, (float* dst, const bf16* src, size_t len), (dst, src, len))
 EMU_LAUNCHER(sumsq_partials_f32, (double* partials, const float* x, size_t len), (partials, x, len))

@@ -7,24 +7,25 @@
 #   PYTHON=/path/to/python-with-torch bash scripts/compare/run.sh [BATCH] [SEQ] [STEPS] [THREADS]
 # GPU: DEVICE=cuda (torch in DTYPE, default bf16; the engine on its CUDA backend). A GPU
 # machine may have no Rust toolchain: GRADIENTS_BIN=path/to/gradients (built elsewhere)
-# skips the build, and GGUF=path skips the asset fetch.
-#   DEVICE=cuda GRADIENTS_BIN=./gradients GGUF=./model.gguf bash scripts/compare/run.sh 8 1024 10
+# skips the build, and MODEL=path (a GGUF file or an HF directory, e.g. the SmolLM2-shaped
+# random model of scripts/compare/random_smollm2.py) skips the asset fetch.
+#   DEVICE=cuda GRADIENTS_BIN=./gradients MODEL=./model bash scripts/compare/run.sh 8 1024 10
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BATCH="${1:-4}"; SEQ="${2:-256}"; STEPS="${3:-5}"; THREADS="${4:-2}"
 PYTHON="${PYTHON:-python3}"
 DEVICE="${DEVICE:-cpu}"
 DTYPE="${DTYPE:-$([ "$DEVICE" = cpu ] && echo fp32 || echo bf16)}"
-GGUF="${GGUF:-$(bash scripts/fetch-assets.sh | grep '\.gguf$')}"
+MODEL="${MODEL:-${GGUF:-$(bash scripts/fetch-assets.sh | grep '\.gguf$')}}"
 if [ -z "${GRADIENTS_BIN:-}" ]; then
     cargo build --release -q -p gradients-subnet
     GRADIENTS_BIN=target/release/gradients
 fi
 dev_args=()
 [ "$DEVICE" = cpu ] || dev_args=(--device "$DEVICE")
-ours="$("$GRADIENTS_BIN" bench --model "$GGUF" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --threads "$THREADS" "${dev_args[@]}")"
+ours="$("$GRADIENTS_BIN" bench --model "$MODEL" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --threads "$THREADS" "${dev_args[@]}")"
 echo "$ours"
-theirs="$(OMP_NUM_THREADS="$THREADS" "$PYTHON" scripts/compare/torch_peft.py --gguf "$GGUF" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --threads "$THREADS" --device "$DEVICE" --dtype "$DTYPE" 2>/dev/null | tail -n 1)"
+theirs="$(OMP_NUM_THREADS="$THREADS" "$PYTHON" scripts/compare/torch_peft.py --model "$MODEL" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --threads "$THREADS" --device "$DEVICE" --dtype "$DTYPE" 2>/dev/null | tail -n 1)"
 echo "$theirs"
 "$PYTHON" - "$ours" "$theirs" <<'PY'
 import json, sys

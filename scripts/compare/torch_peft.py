@@ -23,7 +23,8 @@ import time
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--gguf", "--model", dest="model", required=True,
+                    help="a GGUF file or an HF model directory")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=5)
@@ -44,11 +45,15 @@ def main():
     from transformers import AutoModelForCausalLM
     from peft import LoraConfig, get_peft_model
 
-    d, f = os.path.split(os.path.abspath(args.gguf))
+    if os.path.isdir(args.model):
+        d, kw = args.model, {}
+    else:
+        d, f = os.path.split(os.path.abspath(args.model))
+        kw = {"gguf_file": f}
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     dev = torch.device(args.device)
     gpu = dev.type == "cuda"
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=dtype,
+    model = AutoModelForCausalLM.from_pretrained(d, **kw, torch_dtype=dtype,
                                                  attn_implementation="sdpa").to(dev)
     cfg = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0,
                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj",

@@ -12,14 +12,15 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use gradients_engine::backend::cpu::CpuBackend;
+use gradients_engine::backend::device::{run_on, BackendTask};
+use gradients_engine::backend::Backend;
 use gradients_engine::data::{
     read_records, split_indices, tokenize_dpo, tokenize_sft, DpoMapping, InstructMapping, Mapping,
-    TokenizeOptions, Truncation,
+    Record, TokenizeOptions, Truncation,
 };
 use gradients_engine::eval::{dpo_samples, eval_seq_len, evaluate, evaluate_dpo, DEFAULT_BETA};
 use gradients_engine::lora::{LoraState, LoraWeights};
-use gradients_engine::model::load::load_model;
+use gradients_engine::model::load::{load_model, LoadedModel};
 use gradients_engine::model::Llama;
 
 /// Flags of `gradients eval`.
@@ -125,15 +126,11 @@ fn toml_like(text: &str) -> anyhow::Result<Mapping> {
 
 /// Evaluate and print the JSON result.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    args.run.setup()?;
+    let device = args.run.setup_device()?;
     let m = load_model(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let map = mapping(&args)?;
     map.validate().context("column mapping")?;
-    let tok = m
-        .tokenizer
-        .as_ref()
-        .with_context(|| format!("model {} has no tokenizer", args.model.display()))?;
     let seq_len = args.seq_len.unwrap_or_else(|| eval_seq_len(&m.config));
     let records = read_records(&args.data)
         .with_context(|| format!("reading dataset {}", args.data.display()))?;
@@ -151,63 +148,107 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let rows: Vec<_> = idx.iter().map(|&i| records[i].clone()).collect();
-    let be = CpuBackend::<f32>::new();
-    let mut model = Llama::from_weights(be.clone(), &m.config, m.weights)?;
-    let lora = match &args.adapter {
-        Some(dir) => {
-            let w = LoraWeights::load(dir, &m.config)
-                .with_context(|| format!("loading adapter {}", dir.display()))?;
-            Some(LoraState::upload(&be, &w)?)
-        }
-        None => None,
+    let task = EvalTask {
+        args: &args,
+        m,
+        map: &map,
+        seq_len,
+        rows: &rows,
+        idx: &idx,
     };
-    if let Mapping::Grpo(gm) = &map {
-        let (l, a) = (lora.as_ref(), &args);
-        let (data, lim) = (&a.data, a.limit);
-        return crate::eval_grpo::run(
-            &mut model, l, tok, gm, &rows, &idx, data, lim, &a.grpo, a.json,
-        );
+    run_on(device, task).context("evaluating")?
+}
+
+/// The rest of `run` (model, adapter, tokenisation, evaluation, output) as work for
+/// `run_on`, generic over the backend.
+struct EvalTask<'a> {
+    args: &'a Args,
+    m: LoadedModel,
+    map: &'a Mapping,
+    seq_len: usize,
+    rows: &'a [Record],
+    idx: &'a [usize],
+}
+
+impl BackendTask for EvalTask<'_> {
+    type Output = anyhow::Result<()>;
+    fn run<B: Backend + Clone>(self, be: B) -> gradients_engine::Result<anyhow::Result<()>> {
+        Ok(self.eval(be))
     }
-    if let Mapping::Dpo(dm) = &map {
-        let tokens = tokenize_dpo(tok, dm, &rows, &args.data)
+}
+
+impl EvalTask<'_> {
+    fn eval<B: Backend + Clone>(self, be: B) -> anyhow::Result<()> {
+        let EvalTask {
+            args,
+            m,
+            map,
+            seq_len,
+            rows,
+            idx,
+        } = self;
+        let tok = m
+            .tokenizer
+            .as_ref()
+            .with_context(|| format!("model {} has no tokenizer", args.model.display()))?;
+        // the weights move into the model, which frees each host tensor once uploaded
+        let mut model = Llama::from_weights(be.clone(), &m.config, m.weights)?;
+        let lora = match &args.adapter {
+            Some(dir) => {
+                let w = LoraWeights::load(dir, &m.config)
+                    .with_context(|| format!("loading adapter {}", dir.display()))?;
+                Some(LoraState::upload(&be, &w)?)
+            }
+            None => None,
+        };
+        if let Mapping::Grpo(gm) = map {
+            let (l, a) = (lora.as_ref(), args);
+            let (data, lim) = (&a.data, a.limit);
+            return crate::eval_grpo::run(
+                &mut model, l, tok, gm, rows, idx, data, lim, &a.grpo, a.json,
+            );
+        }
+        if let Mapping::Dpo(dm) = map {
+            let tokens = tokenize_dpo(tok, dm, rows, &args.data)
+                .with_context(|| format!("tokenising {}", args.data.display()))?;
+            let (mut pairs, dropped) = dpo_samples(&tokens, seq_len)?;
+            if let Some(n) = args.limit {
+                pairs.truncate(n);
+            }
+            for p in &mut pairs {
+                p.row = idx[p.row];
+            }
+            let r = evaluate_dpo(&mut model, lora.as_ref(), &pairs, args.beta)
+                .context("evaluating dpo")?;
+            println!("{}", serde_json::to_string(&r)?);
+            if !args.json {
+                eprintln!(
+                    "mean dpo loss {:.4} over {} pairs ({} dropped: no completion token within {seq_len}); reward accuracy {:.3}",
+                    r.mean_loss, r.pairs, dropped, r.reward_accuracy
+                );
+            }
+            return Ok(());
+        }
+        let opts = TokenizeOptions {
+            seq_len,
+            truncation: Truncation::TruncateTail,
+        };
+        let (mut samples, _) = tokenize_sft(tok, map, rows, &args.data, opts)
             .with_context(|| format!("tokenising {}", args.data.display()))?;
-        let (mut pairs, dropped) = dpo_samples(&tokens, seq_len)?;
         if let Some(n) = args.limit {
-            pairs.truncate(n);
+            samples.truncate(n);
         }
-        for p in &mut pairs {
-            p.row = idx[p.row];
+        for s in &mut samples {
+            s.row = idx[s.row];
         }
-        let r =
-            evaluate_dpo(&mut model, lora.as_ref(), &pairs, args.beta).context("evaluating dpo")?;
+        let r = evaluate(&mut model, lora.as_ref(), &samples, args.batch).context("evaluating")?;
         println!("{}", serde_json::to_string(&r)?);
         if !args.json {
             eprintln!(
-                "mean dpo loss {:.4} over {} pairs ({} dropped: no completion token within {seq_len}); reward accuracy {:.3}",
-                r.mean_loss, r.pairs, dropped, r.reward_accuracy
+                "mean loss {:.4} over {} completion tokens of {} samples",
+                r.mean_loss, r.tokens, r.samples
             );
         }
-        return Ok(());
+        Ok(())
     }
-    let opts = TokenizeOptions {
-        seq_len,
-        truncation: Truncation::TruncateTail,
-    };
-    let (mut samples, _) = tokenize_sft(tok, &map, &rows, &args.data, opts)
-        .with_context(|| format!("tokenising {}", args.data.display()))?;
-    if let Some(n) = args.limit {
-        samples.truncate(n);
-    }
-    for s in &mut samples {
-        s.row = idx[s.row];
-    }
-    let r = evaluate(&mut model, lora.as_ref(), &samples, args.batch).context("evaluating")?;
-    println!("{}", serde_json::to_string(&r)?);
-    if !args.json {
-        eprintln!(
-            "mean loss {:.4} over {} completion tokens of {} samples",
-            r.mean_loss, r.tokens, r.samples
-        );
-    }
-    Ok(())
 }

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use gradients_engine::backend::cpu::CpuBackend;
+use gradients_engine::backend::Backend;
 use gradients_engine::data::{grpo_prompts, GrpoMapping, Record, TextTokenizer};
 use gradients_engine::eval::grpo::DEFAULT_MAX_NEW_TOKENS;
 use gradients_engine::eval::{evaluate_grpo, GrpoEvalOptions};
@@ -37,9 +37,9 @@ pub struct GrpoArgs {
 
 /// Evaluate the GRPO mapping `m` on `rows` (file rows `idx`) and print the JSON result.
 #[allow(clippy::too_many_arguments)]
-pub fn run(
-    model: &mut Llama<CpuBackend<f32>>,
-    lora: Option<&LoraState<CpuBackend<f32>>>,
+pub fn run<B: Backend>(
+    model: &mut Llama<B>,
+    lora: Option<&LoraState<B>>,
     tok: &dyn TextTokenizer,
     m: &GrpoMapping,
     rows: &[Record],

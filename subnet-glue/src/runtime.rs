@@ -17,8 +17,21 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// Apply the thread count and resolve the device; returns the device the run uses.
+    /// [`RunArgs::setup_device`] for a command that runs on the CPU backend only: a usable
+    /// CUDA device is reported and replaced by the CPU.
     pub fn setup(&self) -> anyhow::Result<Device> {
+        let device = self.setup_device()?;
+        if device.is_cuda() {
+            eprintln!(
+                "{device}: usable, but this command runs on the CPU backend (CUDA runs `train`, `eval` and `bench`)"
+            );
+            return Ok(Device::Cpu);
+        }
+        Ok(device)
+    }
+
+    /// Apply the thread count and resolve the device; returns the device the run uses.
+    pub fn setup_device(&self) -> anyhow::Result<Device> {
         if self.threads > 0 {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(self.threads)
@@ -28,13 +41,6 @@ impl RunArgs {
         let (device, why) = resolve(self.device);
         if let Some(why) = why {
             eprintln!("{why}");
-        }
-        if device.is_cuda() {
-            // The CUDA runtime and kernels exist; the Llama step on them is the next issue.
-            eprintln!(
-                "{device}: usable, but the CUDA training step is not implemented yet; running on the CPU backend"
-            );
-            return Ok(Device::Cpu);
         }
         Ok(device)
     }

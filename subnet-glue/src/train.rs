@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use gradients_engine::train::{install_signal_flag, train, Event, RunOptions, TrainConfig};
+use gradients_engine::train::{install_signal_flag, train_on, Event, RunOptions, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Flags of `gradients train`.
@@ -30,7 +30,7 @@ pub struct Args {
 
 /// Run the training and print its progress and summary.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    args.run.setup()?;
+    let device = args.run.setup_device()?;
     let cfg = TrainConfig::from_file(&args.config)
         .with_context(|| format!("reading train config {}", args.config.display()))?;
     let stop = install_signal_flag()?;
@@ -41,7 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut progress = Progress::new(std::io::stderr().is_terminal());
     let mut print = |e: Event<'_>| progress.event(e);
-    let s = train(&cfg, &opts, &mut print);
+    let s = train_on(&cfg, device, &opts, &mut print);
     progress.finish();
     let s = s.with_context(|| format!("training run {}", args.config.display()))?;
     let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.4}"));

@@ -81,7 +81,7 @@ pub mod raw {
         emu_launch_embedding_bf16(out: VP, table: CP, ids: *const i32, h: i32, vocab: i32);
         emu_launch_attention_forward_f32(out: VP, lse: *mut f32, q: CP, k: CP, v: CP, starts: *const i32, n: i32, seq: i32, heads: i32, kv_heads: i32, hd: i32, scale: f32);
         emu_launch_attention_forward_bf16(out: VP, lse: *mut f32, q: CP, k: CP, v: CP, starts: *const i32, n: i32, seq: i32, heads: i32, kv_heads: i32, hd: i32, scale: f32);
-        emu_launch_adamw_f32(p: *mut f32, g: *const f32, m: *mut f32, v: *mut f32, len: usize, b1: f32, b2: f32, eps: f32, decay: f32, step_size: f32, bc2_sqrt: f32);
+        emu_launch_adamw_f32(p: *mut f32, g: *const f32, m: *mut f32, v: *mut f32, len: usize, w: f32, beta2: f32, one_minus_beta2: f32, eps: f32, decay: f32, neg_step_size: f32, bc2_sqrt: f32);
         emu_launch_cast_f32_to_bf16(dst: VP, src: *const f32, len: usize);
         emu_launch_cast_bf16_to_f32(dst: *mut f32, src: CP, len: usize);
         emu_launch_sumsq_partials_f32(partials: *mut f64, x: *const f32, len: usize);

@@ -468,11 +468,12 @@ fn adamw_matches_torch_formula_over_steps() {
                 m.as_mut_ptr(),
                 v.as_mut_ptr(),
                 len,
-                b1 as f32,
+                (1.0 - b1) as f32,
                 b2 as f32,
+                (1.0 - b2) as f32,
                 eps as f32,
                 decay as f32,
-                step_size as f32,
+                -step_size as f32,
                 bc2_sqrt as f32,
             )
             .unwrap();

@@ -231,9 +231,10 @@ fn adamw_and_sum_squares_match_cpu_backend() {
             (1.0 - lr as f64 * wd as f64, lr as f64 / bc1, bc2.sqrt());
         let d = dims(len.div_ceil(BLOCK as usize * 4), BLOCK);
         let (pp, mp, vp) = (p_k.as_mut_ptr(), m_k.as_mut_ptr(), v_k.as_mut_ptr());
-        let (dec, ss, b2s) = (decay as f32, step_size as f32, bc2_sqrt as f32);
-        raw::emu_launch_adamw_f32(d, pp, g.as_ptr(), mp, vp, len, b1, b2, eps, dec, ss, b2s)
-            .unwrap();
+        let (dec, nss, b2s) = (decay as f32, -step_size as f32, bc2_sqrt as f32);
+        let (w, omb2) = ((1.0 - b1 as f64) as f32, (1.0 - b2 as f64) as f32);
+        let gp = g.as_ptr();
+        raw::emu_launch_adamw_f32(d, pp, gp, mp, vp, len, w, b2, omb2, eps, dec, nss, b2s).unwrap();
         assert_close(
             &format!("adamw p step {step} vs cpu"),
             &p_k,

@@ -4,6 +4,9 @@
 //! a build without the `cuda` feature, a missing driver library or cuBLASLt, no GPU, a GPU
 //! index out of range, an old driver or a GPU older than sm_80.
 //!
+//! [`run_on`] runs a [`BackendTask`] (work generic over the backend: training, evaluation)
+//! on the backend of a device.
+//!
 //! Always compiled and free of cudarc types; with the `cuda` feature the checks are done by
 //! `backend::cuda::probe` (dlopen checks first, then cudarc guarded against panics, so
 //! detection never panics). Neighbours: `backend::cpu` (the fallback), `backend::cuda`.
@@ -11,6 +14,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::cpu::CpuBackend;
+use super::Backend;
 use crate::error::{Error, Result};
 
 /// A compute device the engine can run on.
@@ -87,6 +92,30 @@ pub fn resolve(requested: Device) -> (Device, Option<String>) {
                 )),
             ),
         },
+    }
+}
+
+/// Work generic over the backend, run by [`run_on`] on the backend of a device.
+pub trait BackendTask {
+    /// What the work returns.
+    type Output;
+    /// Runs the work on `be`.
+    fn run<B: Backend + Clone>(self, be: B) -> Result<Self::Output>;
+}
+
+/// Runs `task` on `device`'s backend: the CPU backend (f32), or with the `cuda` feature the
+/// CUDA backend on GPU N (an error naming what is missing when it cannot be opened; pass a
+/// device from [`resolve`] to fall back to the CPU instead). Without the feature a CUDA
+/// device is an error.
+pub fn run_on<T: BackendTask>(device: Device, task: T) -> Result<T::Output> {
+    match device {
+        Device::Cpu => task.run(CpuBackend::<f32>::new()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => task.run(super::cuda::CudaBackend::on_gpu(n)?),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(n) => Err(Error::unsupported(format!(
+            "cuda:{n}: this build has no CUDA support (rebuild with `--features cuda`)"
+        ))),
     }
 }
 

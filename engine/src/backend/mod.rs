@@ -14,8 +14,9 @@
 
 pub mod cpu; // CpuBackend: reference semantics
 #[cfg(feature = "cuda")]
-pub mod cuda; // KERNELS_FATBIN, PTXAS_REPORT; CudaRuntime, CudaBuf, probe (cudarc)
+pub mod cuda; // CudaBackend (KernelBackend<CudaDevice>), CudaRuntime, CudaBuf, Gemm, probe; KERNELS_FATBIN
 pub mod device; // Device (cpu, cuda:N), resolve: CUDA checks with a CPU fallback
+pub mod kernel; // KernelBackend over KernelDevice (EmuDevice; CudaDevice with `cuda`)
 pub mod rope_table; // RopeTable::new, rope_inv_freq (llama3 scaling)
 
 use crate::error::Result;

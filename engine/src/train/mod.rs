@@ -14,6 +14,6 @@ pub mod trainer; // train, RunOptions, TrainSummary, StepRecord, Event, install_
 
 pub use config::TrainConfig;
 pub use trainer::{
-    install_signal_flag, train, train_model, Event, RunOptions, StepRecord, StopReason,
-    TrainSummary,
+    install_signal_flag, train, train_model, train_model_on, train_on, Event, RunOptions,
+    StepRecord, StopReason, TrainSummary,
 };

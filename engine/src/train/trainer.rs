@@ -51,6 +51,7 @@ use super::metrics::Metrics;
 use super::plan::{micro_batch, plan_steps, prepare_data};
 use super::plot::write_loss_curve;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::device::{run_on, BackendTask, Device};
 use crate::backend::Backend;
 use crate::data::{Mapping, TextTokenizer, TokenizedSample};
 use crate::error::{Error, Result};
@@ -201,9 +202,9 @@ fn plan_fields(cfg: &TrainConfig) -> serde_json::Value {
 
 /// The test evaluation: the DPO loss of `dpo`'s test pairs, GRPO's negated score of
 /// `grpo`'s test prompts, else the SFT loss of `test`.
-fn evaluate_test(
-    model: &mut Llama<CpuBackend<f32>>,
-    lora: Option<&LoraState<CpuBackend<f32>>>,
+fn evaluate_test<B: Backend>(
+    model: &mut Llama<B>,
+    lora: Option<&LoraState<B>>,
     test: &[TokenizedSample],
     (dpo, grpo, tok): (Option<&mut DpoRun>, Option<&GrpoRun>, &dyn TextTokenizer),
     cfg: &TrainConfig,
@@ -215,10 +216,22 @@ fn evaluate_test(
     }
 }
 
-/// Run (or resume) the training run `cfg`; `on_event` sees every step, evaluation and save.
-/// Loads `cfg.model` (its tokenizer is required) and calls [`train_model`].
+/// Run (or resume) the training run `cfg` on the CPU backend; `on_event` sees every step,
+/// evaluation and save. Loads `cfg.model` (its tokenizer is required) and calls
+/// [`train_model`]. [`train_on`] picks the device.
 pub fn train(
     cfg: &TrainConfig,
+    opts: &RunOptions,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<TrainSummary> {
+    train_on(cfg, Device::Cpu, opts, on_event)
+}
+
+/// [`train`] on `device` (resolve it first with `backend::device::resolve`): the CPU backend,
+/// or with the `cuda` feature the CUDA backend on GPU N.
+pub fn train_on(
+    cfg: &TrainConfig,
+    device: Device,
     opts: &RunOptions,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<TrainSummary> {
@@ -233,19 +246,48 @@ pub fn train(
     })?;
     let base_name = model_path.display().to_string();
     // the weights move into the run: the model frees each host tensor once it is uploaded
-    run(
+    let task = TrainTask {
         cfg,
-        &loaded.config,
-        Cow::Owned(loaded.weights),
-        &tok,
-        &base_name,
+        mcfg: &loaded.config,
+        weights: Cow::Owned(loaded.weights),
+        tok: &tok,
+        base_name: &base_name,
         opts,
         on_event,
-    )
+    };
+    run_on(device, task)
+}
+
+/// The arguments of [`train_model_on`], as work for [`run_on`].
+struct TrainTask<'a> {
+    cfg: &'a TrainConfig,
+    mcfg: &'a ModelConfig,
+    weights: Cow<'a, ModelWeights>,
+    tok: &'a dyn TextTokenizer,
+    base_name: &'a str,
+    opts: &'a RunOptions,
+    on_event: &'a mut dyn for<'e> FnMut(Event<'e>),
+}
+
+impl BackendTask for TrainTask<'_> {
+    type Output = TrainSummary;
+    fn run<B: Backend + Clone>(self, be: B) -> Result<TrainSummary> {
+        let t = self;
+        run_with(
+            be,
+            t.cfg,
+            t.mcfg,
+            t.weights,
+            t.tok,
+            t.base_name,
+            t.opts,
+            t.on_event,
+        )
+    }
 }
 
 /// [`train`] on a model already in memory (`cfg.model` is not read; `base_name` goes into
-/// the adapter's `base_model_name_or_path`).
+/// the adapter's `base_model_name_or_path`), on the CPU backend.
 pub fn train_model(
     cfg: &TrainConfig,
     mcfg: &ModelConfig,
@@ -255,7 +297,25 @@ pub fn train_model(
     opts: &RunOptions,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<TrainSummary> {
-    run(
+    let be = CpuBackend::<f32>::new();
+    train_model_on(be, cfg, mcfg, weights, tok, base_name, opts, on_event)
+}
+
+/// [`train_model`] on backend `be` (the CPU backend, or the CUDA backend: the loop, the
+/// checkpoints and the results do not depend on it beyond the backends' tolerances).
+#[allow(clippy::too_many_arguments)]
+pub fn train_model_on<B: Backend + Clone>(
+    be: B,
+    cfg: &TrainConfig,
+    mcfg: &ModelConfig,
+    weights: &ModelWeights,
+    tok: &dyn TextTokenizer,
+    base_name: &str,
+    opts: &RunOptions,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<TrainSummary> {
+    run_with(
+        be,
         cfg,
         mcfg,
         Cow::Borrowed(weights),
@@ -266,9 +326,11 @@ pub fn train_model(
     )
 }
 
-/// The run behind [`train`] (owned weights, freed as they are uploaded) and [`train_model`]
-/// (borrowed weights, copied so the caller can reuse them).
-fn run(
+/// The run behind [`train_on`] (owned weights, freed as they are uploaded) and
+/// [`train_model_on`] (borrowed weights, copied so the caller can reuse them).
+#[allow(clippy::too_many_arguments)]
+fn run_with<B: Backend + Clone>(
+    be: B,
     cfg: &TrainConfig,
     mcfg: &ModelConfig,
     weights: Cow<'_, ModelWeights>,
@@ -315,7 +377,6 @@ fn run(
         total.max(1),
     )
     .map_err(|e| Error::config("train config", "schedule.warmup_steps", e.to_string()))?;
-    let be = CpuBackend::<f32>::new();
     let mut model = match weights {
         Cow::Owned(w) => Llama::from_weights(be.clone(), mcfg, w)?,
         Cow::Borrowed(w) => Llama::new(be.clone(), mcfg, w)?,
@@ -602,10 +663,10 @@ fn run(
 
 /// One SFT step's gradients into `grads`: every micro-batch's gradient with `loss_scale =
 /// 1 / targets of the whole step`, summed; returns the mean loss and the targets.
-fn sft_step(
-    model: &mut Llama<CpuBackend<f32>>,
-    lora: &LoraState<CpuBackend<f32>>,
-    grads: &mut crate::lora::LoraGrads<CpuBackend<f32>>,
+fn sft_step<B: Backend>(
+    model: &mut Llama<B>,
+    lora: &LoraState<B>,
+    grads: &mut crate::lora::LoraGrads<B>,
     train_set: &[TokenizedSample],
     sp: &super::plan::StepPlan,
     cfg: &TrainConfig,

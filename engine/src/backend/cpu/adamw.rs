@@ -24,13 +24,13 @@ const CHUNK: usize = 1 << 14;
 /// The per-step scalars of one AdamW update.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Hyper {
-    decay: f64,
-    lerp_w: f64,
-    beta2: f64,
-    one_minus_beta2: f64,
-    bc2_sqrt: f64,
-    neg_step_size: f64,
-    eps: f64,
+    pub(crate) decay: f64,
+    pub(crate) lerp_w: f64,
+    pub(crate) beta2: f64,
+    pub(crate) one_minus_beta2: f64,
+    pub(crate) bc2_sqrt: f64,
+    pub(crate) neg_step_size: f64,
+    pub(crate) eps: f64,
 }
 
 impl Hyper {

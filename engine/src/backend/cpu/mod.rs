@@ -10,12 +10,12 @@
 //! holds the element trait, the shape checks and the `Backend` impl that validates arguments
 //! and dispatches to them.
 
-mod adamw; // adamw: torch.optim.AdamW update
+pub(crate) mod adamw; // adamw: torch.optim.AdamW update
 mod attention; // attention_forward, attention_backward (causal GQA, packed samples)
 #[cfg(test)]
 mod attention_tests; // naive attention reference and the attention tests
 mod elementwise; // axpy, scale, add_bias, sum_squares, embedding, dropout
-mod gemm; // gemm through faer
+pub(crate) mod gemm; // gemm through faer
 mod norm; // rmsnorm_forward, rmsnorm_backward
 mod rope; // rope (forward and inverse rotation)
 pub mod simd; // exp_f32 and vectorised row max/exp/sum kernels with AVX2 dispatch
@@ -32,6 +32,7 @@ use crate::backend::{Backend, RopeTable};
 use crate::error::{Error, Result};
 
 pub use elementwise::dropout_keep;
+pub(crate) use elementwise::dropout_threshold;
 
 mod sealed {
     /// Only `f32` and `f64` are CPU element types.

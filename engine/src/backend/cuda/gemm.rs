@@ -21,8 +21,8 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
 use super::probe::{check_library, CUBLASLT_LIB};
 use super::runtime::{CudaBuf, CudaRuntime};
+use crate::backend::kernel::{Elem, GemmShape};
 use crate::error::{Error, Result};
-use crate::tensor::DType;
 
 /// Bytes of the one cuBLASLt workspace (NVIDIA's recommendation for Hopper; fixed on every
 /// card so the algorithm choice does not depend on it).
@@ -36,8 +36,11 @@ struct Key {
     k: u64,
     trans_a: bool,
     trans_b: bool,
-    ab: DType,
-    c: DType,
+    ab: Elem,
+    c: Elem,
+    /// The smallest power-of-two alignment (bytes, at most 256) of the three pointers: the
+    /// heuristic only offers algorithms that accept it (cuBLASLt assumes 256 otherwise).
+    align: u32,
 }
 
 /// The descriptors and the pinned algorithm of one shape.
@@ -72,11 +75,12 @@ impl Drop for Plan {
     }
 }
 
-fn cuda_type(d: DType) -> sys::cudaDataType {
+/// The cuBLASLt type of a float element type (callers pass only F32 and Bf16).
+fn cuda_type(d: Elem) -> sys::cudaDataType {
     match d {
-        DType::F32 => sys::cudaDataType_t::CUDA_R_32F,
-        DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
-        DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
+        Elem::Bf16 => sys::cudaDataType_t::CUDA_R_16BF,
+        Elem::F64 => sys::cudaDataType_t::CUDA_R_64F,
+        Elem::F32 | Elem::I32 => sys::cudaDataType_t::CUDA_R_32F,
     }
 }
 
@@ -170,6 +174,24 @@ impl Plan {
                 )
             })
             .and_then(|()| {
+                use sys::cublasLtMatmulPreferenceAttributes_t as P;
+                [
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                ]
+                .into_iter()
+                .try_for_each(|attr| {
+                    result::set_matmul_pref_attribute(
+                        pref,
+                        attr,
+                        (&key.align as *const u32).cast(),
+                        std::mem::size_of::<u32>(),
+                    )
+                })
+            })
+            .and_then(|()| {
                 result::get_matmul_algo_heuristic(
                     handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref,
                 )
@@ -216,34 +238,26 @@ impl std::fmt::Debug for Gemm {
     }
 }
 
-/// Row-major problem sizes checked against the buffers.
-fn check_len(op: &'static str, name: &str, buf: &CudaBuf, want: usize, dims: &str) -> Result<()> {
-    if buf.len() == want {
-        Ok(())
-    } else {
-        Err(Error::shape(
-            op,
-            format!(
-                "{name} has {} values, expected {want} for {dims}",
-                buf.len()
-            ),
-        ))
-    }
-}
-
-/// The device pointer of a buffer, recorded on `stream`.
-fn ptr(buf: &CudaBuf, stream: &CudaStream) -> u64 {
-    match buf {
+/// The device pointer of element `off` of a buffer, recorded on `stream`.
+fn ptr(buf: &CudaBuf, off: usize, stream: &CudaStream) -> u64 {
+    let base = match buf {
         CudaBuf::F32(s) => s.device_ptr(stream).0,
         CudaBuf::Bf16(s) => s.device_ptr(stream).0,
-    }
+        CudaBuf::I32(s) => s.device_ptr(stream).0,
+        CudaBuf::F64(s) => s.device_ptr(stream).0,
+    };
+    base + (off * buf.elem().size()) as u64
 }
 
-fn ptr_mut(buf: &mut CudaBuf, stream: &CudaStream) -> u64 {
-    match buf {
+fn ptr_mut(buf: &mut CudaBuf, off: usize, stream: &CudaStream) -> u64 {
+    let size = buf.elem().size();
+    let base = match buf {
         CudaBuf::F32(s) => s.device_ptr_mut(stream).0,
         CudaBuf::Bf16(s) => s.device_ptr_mut(stream).0,
-    }
+        CudaBuf::I32(s) => s.device_ptr_mut(stream).0,
+        CudaBuf::F64(s) => s.device_ptr_mut(stream).0,
+    };
+    base + (off * size) as u64
 }
 
 impl Gemm {
@@ -305,8 +319,9 @@ impl Gemm {
 
     /// `C = beta·C + alpha·op(A)·op(B)` on row-major buffers, the semantics of
     /// `Backend::gemm`: `op(A)` is `[m, k]` (A stored `[k, m]` when `trans_a`), `op(B)` is
-    /// `[k, n]` (B stored `[n, k]` when `trans_b`), C `[m, n]`. A and B share a dtype (bf16 or
-    /// f32); C is f32 or that dtype. fp32 accumulation; `beta = 0` does not read C.
+    /// `[k, n]` (B stored `[n, k]` when `trans_b`), C `[m, n]`, each buffer holding exactly
+    /// that many values. A and B share a dtype (bf16 or f32); C is f32 or that dtype. fp32
+    /// accumulation; `beta = 0` does not read C.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
@@ -321,23 +336,59 @@ impl Gemm {
         alpha: f32,
         beta: f32,
     ) -> Result<()> {
-        const OP: &str = "gemm";
-        let dims = format!("m={m}, n={n}, k={k}, trans_a={trans_a}, trans_b={trans_b}");
-        let size = |x: usize, y: usize| {
-            x.checked_mul(y)
-                .ok_or_else(|| Error::shape(OP, format!("sizes overflow for {dims}")))
+        let s = GemmShape {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
         };
-        check_len(OP, "a", a, size(m, k)?, &dims)?;
-        check_len(OP, "b", b, size(k, n)?, &dims)?;
-        check_len(OP, "c", c, size(m, n)?, &dims)?;
-        if a.dtype() != b.dtype() || (c.dtype() != DType::F32 && c.dtype() != a.dtype()) {
+        let want = s.check(c.len(), a.len(), b.len())?;
+        for (name, have, w) in [
+            ("c", c.len(), want[0]),
+            ("a", a.len(), want[1]),
+            ("b", b.len(), want[2]),
+        ] {
+            if have != w {
+                return Err(Error::shape(
+                    "gemm",
+                    format!("{name} has {have} values, expected {w} for {s:?}"),
+                ));
+            }
+        }
+        self.matmul_at((c, 0), (a, 0), (b, 0), s, alpha, beta)
+    }
+
+    /// [`Gemm::matmul`] on the matrices starting at element offsets `c.1`, `a.1`, `b.1` of the
+    /// buffers (which hold at least the shape's sizes past them).
+    pub fn matmul_at(
+        &self,
+        c: (&mut CudaBuf, usize),
+        a: (&CudaBuf, usize),
+        b: (&CudaBuf, usize),
+        s: GemmShape,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        let ((c, c0), (a, a0), (b, b0)) = (c, a, b);
+        let GemmShape {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+        } = s;
+        let dims = format!("m={m}, n={n}, k={k}, trans_a={trans_a}, trans_b={trans_b}");
+        let avail = |buf: &CudaBuf, off: usize| buf.len().saturating_sub(off);
+        s.check(avail(c, c0), avail(a, a0), avail(b, b0))?;
+        let float = |e| e == Elem::F32 || e == Elem::Bf16;
+        let (ea, eb, ec) = (a.elem(), b.elem(), c.elem());
+        if ea != eb || !float(ea) || (ec != Elem::F32 && ec != ea) {
             return Err(Error::shape(
                 OP,
                 format!(
-                    "a, b, c are {:?}, {:?}, {:?}; a and b must share a dtype and c be F32 or that dtype",
-                    a.dtype(),
-                    b.dtype(),
-                    c.dtype()
+                    "a, b, c are {ea:?}, {eb:?}, {ec:?}; a and b must share f32 or bf16 and c be F32 or that type"
                 ),
             ));
         }
@@ -356,25 +407,27 @@ impl Gemm {
         }
         // Row-major C[m, n] = op(A)·op(B) is column-major Cᵀ[n, m] = op(B)ᵀ·op(A)ᵀ, where the
         // row-major buffers of B and A are column-major Bᵀ and Aᵀ: swap the operands.
+        let st = &*self.stream;
+        let (pa, pb) = (ptr(b, b0, st), ptr(a, a0, st));
+        let pc = ptr_mut(c, c0, st);
+        let align = 1u32 << (pa | pb | pc | 256).trailing_zeros();
         let key = Key {
             m: n as u64,
             n: m as u64,
             k: k as u64,
             trans_a: trans_b,
             trans_b: trans_a,
-            ab: a.dtype(),
-            c: c.dtype(),
+            ab: ea,
+            c: ec,
+            align,
         };
         let plan = self.plan(key)?;
-        let s = &*self.stream;
-        let (pa, pb) = (ptr(b, s), ptr(a, s));
-        let pc = ptr_mut(c, s);
-        let pw = self.workspace.device_ptr(s).0;
-        // SAFETY: the plan's layouts describe exactly these buffers (lengths checked above:
-        // A' = B with n×k elements, B' = A with k×m, C with m×n, leading dimensions of the
-        // stored shapes); alpha/beta are f32 as the f32 scale type requires; the workspace
-        // holds WORKSPACE_BYTES, the size the algorithm was chosen for; everything runs on
-        // the one stream the buffers belong to.
+        let pw = self.workspace.device_ptr(st).0;
+        // SAFETY: the plan's layouts describe exactly these matrices (sizes checked above past
+        // each offset: A' = B with n×k elements, B' = A with k×m, C with m×n, leading
+        // dimensions of the stored shapes); alpha/beta are f32 as the f32 scale type requires;
+        // the workspace holds WORKSPACE_BYTES, the size the algorithm was chosen for;
+        // everything runs on the one stream the buffers belong to.
         let r = unsafe {
             result::matmul(
                 self.handle,
@@ -392,7 +445,7 @@ impl Gemm {
                 &plan.algo,
                 pw as *mut _,
                 WORKSPACE_BYTES,
-                s.cu_stream() as *mut _,
+                st.cu_stream() as *mut _,
             )
         };
         r.map_err(|e| {
@@ -423,13 +476,13 @@ impl Gemm {
         r: usize,
         s: f32,
     ) -> Result<()> {
-        if u.dtype() != a.dtype() {
+        if u.elem() != a.elem() {
             return Err(Error::shape(
                 "lora_forward",
                 format!(
                     "u is {:?} but a is {:?}; they must match",
-                    u.dtype(),
-                    a.dtype()
+                    u.elem(),
+                    a.elem()
                 ),
             ));
         }

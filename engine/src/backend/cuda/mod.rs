@@ -1,20 +1,21 @@
-//! The CUDA backend (behind the `cuda` feature). For now: the kernel fatbin that build.rs
-//! compiles from kernels/*.cu (sm_80 and sm_90 SASS plus compute_80 PTX for newer GPUs),
-//! nvcc's `ptxas -v` report of it, and the cudarc runtime that loads it: GPU detection that
-//! never panics (`probe`), the context / stream / module and device buffers (`runtime`), and
-//! typed launchers of the first kernels (`launch`) and of attention forward/backward
-//! (`attention`), and cuBLASLt GEMMs (`gemm`). The Backend implementation comes next;
-//! the launch shape of each kernel is documented above it in kernels/.
-//! Neighbours: `backend::cpu` (the reference semantics these kernels must match; checked
-//! through the CPU emulator in tests/kernels_emu.rs and on a GPU in tests/cuda_runtime.rs),
-//! `backend::device` (device choice with a CPU fallback).
+//! The CUDA backend (behind the `cuda` feature): the kernel fatbin that build.rs compiles
+//! from kernels/*.cu (sm_80 and sm_90 SASS plus compute_80 PTX for newer GPUs), nvcc's
+//! `ptxas -v` report of it, and the cudarc side under it: GPU detection that never panics
+//! (`probe`), the context / stream / module and device buffers (`runtime`), cuBLASLt GEMMs
+//! (`gemm`), the GPU as a `KernelDevice` (`device`: [`CudaBackend`] = `KernelBackend<CudaDevice>`,
+//! the `Backend` implementation whose op logic lives in backend/kernel) and the `cast`
+//! launcher (`launch`). The launch shape of each kernel is documented above it in kernels/.
+//! Neighbours: `backend::kernel` (the op logic, also run on the CPU kernel emulator in CI:
+//! tests/kernel_backend.rs), `backend::cpu` (the reference semantics), `backend::device`
+//! (device choice with a CPU fallback). GPU tests: tests/cuda_*.rs.
 
-pub mod attention; // upload_starts, AttnStarts, attention_forward, attention_backward (+ tiles)
+pub mod device; // CudaDevice (KernelDevice on one GPU), CudaBackend
 pub mod gemm; // Gemm: cuBLASLt matmul (pinned algorithm per shape, no split-K), lora_forward
-pub mod launch; // BLOCK_THREADS; CudaRuntime::cast, CudaRuntime::rmsnorm_forward
+pub mod launch; // CudaRuntime::cast
 pub mod probe; // check_library, open_device, probe, GpuInfo: detection that never panics
-pub mod runtime; // CudaRuntime (context, stream, module), CudaBuf (f32 / bf16 device buffer)
+pub mod runtime; // CudaRuntime (context, stream, module), CudaBuf (f32 / bf16 / i32 / f64)
 
+pub use device::{CudaBackend, CudaDevice};
 pub use probe::GpuInfo;
 pub use runtime::{CudaBuf, CudaRuntime};
 

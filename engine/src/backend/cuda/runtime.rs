@@ -1,6 +1,6 @@
 //! The CUDA runtime under the future CUDA backend: [`CudaRuntime`] holds the context on one
 //! GPU, the one stream every op runs on, and the embedded kernel fatbin loaded as a module;
-//! [`CudaBuf`] is a device buffer of f32 or bf16 values with alloc / upload / download.
+//! [`CudaBuf`] is a device buffer (f32, bf16, i32 or f64 values) with alloc / upload / download.
 //! Every failure is an [`Error`] of kind `Device` naming the device, the op and its sizes.
 //!
 //! One stream and no cross-stream event tracking: work is ordered by the stream, downloads
@@ -14,16 +14,22 @@ use half::bf16;
 
 use super::probe::{driver_error_text, open_device, GpuInfo};
 use super::KERNELS_FATBIN;
+use crate::backend::kernel::Elem;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
-/// A device buffer of `len` values, f32 or bf16.
+/// A device buffer of `len` values: f32 or bf16 storage, or the i32 / f64 buffers of kernel
+/// metadata and reductions.
 #[derive(Debug)]
 pub enum CudaBuf {
     /// f32 values.
     F32(CudaSlice<f32>),
     /// bf16 values.
     Bf16(CudaSlice<bf16>),
+    /// i32 values (token ids, positions, targets, sample starts).
+    I32(CudaSlice<i32>),
+    /// f64 values (sum-of-squares partials).
+    F64(CudaSlice<f64>),
 }
 
 impl CudaBuf {
@@ -32,17 +38,21 @@ impl CudaBuf {
         match self {
             CudaBuf::F32(s) => s.len(),
             CudaBuf::Bf16(s) => s.len(),
+            CudaBuf::I32(s) => s.len(),
+            CudaBuf::F64(s) => s.len(),
         }
     }
     /// True when the buffer holds no value.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The element type ([`DType::F32`] or [`DType::BF16`]).
-    pub fn dtype(&self) -> DType {
+    /// The element type.
+    pub fn elem(&self) -> Elem {
         match self {
-            CudaBuf::F32(_) => DType::F32,
-            CudaBuf::Bf16(_) => DType::BF16,
+            CudaBuf::F32(_) => Elem::F32,
+            CudaBuf::Bf16(_) => Elem::Bf16,
+            CudaBuf::I32(_) => Elem::I32,
+            CudaBuf::F64(_) => Elem::F64,
         }
     }
 }
@@ -160,12 +170,50 @@ impl CudaRuntime {
 
     /// A zero-filled buffer of `len` values of `dtype` (F32 or BF16).
     pub fn alloc(&self, dtype: DType, len: usize) -> Result<CudaBuf> {
-        let op = || format!("alloc {len} {dtype:?} ({} bytes)", len * dtype.size());
-        Ok(match dtype {
-            DType::F32 => CudaBuf::F32(self.driver(self.zeros(len), op)?),
-            DType::BF16 => CudaBuf::Bf16(self.driver(self.zeros(len), op)?),
-            DType::F16 => return Err(self.error(op(), "f16 buffers are not supported")),
+        match dtype {
+            DType::F32 => self.alloc_elem(Elem::F32, len),
+            DType::BF16 => self.alloc_elem(Elem::Bf16, len),
+            DType::F16 => {
+                Err(self.error(format!("alloc {len} F16"), "f16 buffers are not supported"))
+            }
+        }
+    }
+
+    /// A zero-filled buffer of `len` values of `elem`.
+    pub fn alloc_elem(&self, elem: Elem, len: usize) -> Result<CudaBuf> {
+        let op = || format!("alloc {len} {elem:?} ({} bytes)", len * elem.size());
+        Ok(match elem {
+            Elem::F32 => CudaBuf::F32(self.driver(self.zeros(len), op)?),
+            Elem::Bf16 => CudaBuf::Bf16(self.driver(self.zeros(len), op)?),
+            Elem::I32 => CudaBuf::I32(self.driver(self.zeros(len), op)?),
+            Elem::F64 => CudaBuf::F64(self.driver(self.zeros(len), op)?),
         })
+    }
+
+    /// A new i32 buffer holding `data`.
+    pub fn upload_i32(&self, data: &[i32]) -> Result<CudaBuf> {
+        let mut s = self.driver(self.zeros(data.len()), || {
+            format!("upload {} i32", data.len())
+        })?;
+        if !data.is_empty() {
+            let r = self.stream.memcpy_htod(data, &mut s);
+            self.driver(r, || format!("upload {} i32", data.len()))?;
+        }
+        Ok(CudaBuf::I32(s))
+    }
+
+    /// The values of an f64 buffer; waits for the stream.
+    pub fn download_f64(&self, buf: &CudaBuf) -> Result<Vec<f64>> {
+        match buf {
+            CudaBuf::F64(s) if s.is_empty() => Ok(Vec::new()),
+            CudaBuf::F64(s) => self.driver(self.stream.clone_dtoh(s), || {
+                format!("download {} f64", s.len())
+            }),
+            b => Err(self.error(
+                format!("download {} f64", b.len()),
+                format!("the buffer holds {:?} values", b.elem()),
+            )),
+        }
     }
 
     fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
@@ -230,6 +278,10 @@ impl CudaRuntime {
                 .into_iter()
                 .map(f32::from)
                 .collect()),
+            b => Err(self.error(
+                format!("download {} f32", b.len()),
+                format!("the buffer holds {:?} values", b.elem()),
+            )),
         }
     }
 
@@ -240,9 +292,9 @@ impl CudaRuntime {
             CudaBuf::Bf16(s) => self.driver(self.stream.clone_dtoh(s), || {
                 format!("download {} bf16", s.len())
             }),
-            CudaBuf::F32(s) => Err(self.error(
-                format!("download {} bf16", s.len()),
-                "the buffer holds f32 values (use download_f32)",
+            b => Err(self.error(
+                format!("download {} bf16", b.len()),
+                format!("the buffer holds {:?} values (use download_f32)", b.elem()),
             )),
         }
     }
