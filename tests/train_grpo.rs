@@ -217,6 +217,18 @@ fn training_raises_the_mean_reward() {
     let after = sampled_reward(&cfg, Some(&lw));
     eprintln!("mean reward of 'contains x' (sampled, T = 1): {before:.3} -> {after:.3}");
     assert!(after > before + 0.1, "{before} -> {after}");
+    // metrics.jsonl records each step's mean reward (of "contains x": in [0, 1])
+    let metrics = std::fs::read_to_string(cfg.output_dir.join("metrics.jsonl")).unwrap();
+    let rewards: Vec<f64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| v["mean_reward"].as_f64())
+        .collect();
+    assert_eq!(rewards.len(), 8);
+    assert!(
+        rewards.iter().all(|r| (0.0..=1.0).contains(r)),
+        "{rewards:?}"
+    );
 }
 
 #[test]

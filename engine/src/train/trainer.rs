@@ -110,6 +110,9 @@ pub struct StepRecord {
     pub tokens_per_s: f64,
     /// Seconds since the start of this invocation.
     pub elapsed_s: f64,
+    /// GRPO runs: the mean weighted reward of the step's sampled completions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_reward: Option<f64>,
 }
 
 /// What the loop reports as it goes.
@@ -502,6 +505,7 @@ fn run_with<B: Backend + Clone>(
         }
         let sp = &plan[state.step as usize];
         let t0 = Instant::now();
+        let mut mean_reward = None;
         let (loss, targets) = match (dpo.as_mut(), scratch.as_mut(), grpo.as_ref()) {
             (Some(d), Some(scratch), _) => {
                 let st = d.step(&mut model, &lora, &mut grads, scratch, sp, cfg, state.step)?;
@@ -509,6 +513,7 @@ fn run_with<B: Backend + Clone>(
             }
             (_, _, Some(g)) => {
                 let st = g.step(&mut model, &lora, &mut grads, tok, sp, cfg, state.step)?;
+                mean_reward = Some(st.mean_reward);
                 (st.loss, st.targets)
             }
             _ => sft_step(
@@ -568,6 +573,7 @@ fn run_with<B: Backend + Clone>(
             targets: targets as u64,
             tokens_per_s: sp.tokens as f64 / dt.max(1e-9),
             elapsed_s: t_start.elapsed().as_secs_f64(),
+            mean_reward,
         };
         metrics.append(&rec)?;
         on_event(Event::Step(&rec));
