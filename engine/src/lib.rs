@@ -10,7 +10,7 @@ pub mod assets; // smollm2_gguf, alpaca_en_demo, dpo_en_demo: cached real test a
 pub mod backend; // Backend trait (the op set), RopeTable, cpu::CpuBackend
 pub mod data; // dataset files, column mappings, tokenisation + masking, packing, split
 pub mod error; // Error, ErrorKind, Result
-pub mod eval; // evaluate: SFT test loss (per sample and overall), eval_seq_len
+pub mod eval; // evaluate (SFT test loss), evaluate_dpo, evaluate_grpo + grpo_scores, eval_seq_len
 pub mod io; // write_atomic, write_atomic_with (temp file + fsync + rename)
 pub mod lora; // Target, LoraConfig; adapter parameters and PEFT files
 pub mod model; // ModelConfig, ModelWeights, loaders, llama forward/backward

@@ -137,6 +137,7 @@ fn parse_mapping(flag: &str, text: &str, kind: &str) -> anyhow::Result<Mapping> 
     let ok = match &m {
         Mapping::Dpo(_) => kind == "dpo",
         Mapping::Instruct(_) | Mapping::Chat(_) => kind == "instruct",
+        Mapping::Grpo(_) => false, // no grpo task source yet (the validator does not score them)
     };
     anyhow::ensure!(ok, "{flag}: expected a {kind} mapping");
     m.validate().context(flag.to_string())?;

@@ -6,7 +6,8 @@
 //! With a DPO mapping (`--field-prompt/--field-chosen/--field-rejected`, or a mapping file
 //! with `task_type = "dpo"`) it prints the DPO evaluation instead (SPEC §3: β 0.1 unless
 //! `--beta`, reference = the base model): `mean_loss`, `pairs`, `per_pair_loss`,
-//! `reward_accuracy`, margins, rewards, `tokens` and `rows`.
+//! `reward_accuracy`, margins, rewards, `tokens` and `rows`. A `task_type = "grpo"` mapping
+//! file selects the GRPO evaluation (eval_grpo.rs).
 
 use std::path::PathBuf;
 
@@ -58,7 +59,7 @@ pub struct Args {
     /// β of the DPO loss.
     #[arg(long, default_value_t = DEFAULT_BETA)]
     beta: f64,
-    /// A mapping file (JSON or TOML, tagged by `task_type`: instruct, chat or dpo).
+    /// A mapping file (JSON or TOML, tagged by `task_type`: instruct, chat, dpo or grpo).
     #[arg(long, conflicts_with_all = ["field_instruction", "field_prompt"])]
     mapping: Option<PathBuf>,
     /// Which rows: all of the file, or its SPEC §2 test or train split (seed 42).
@@ -77,6 +78,8 @@ pub struct Args {
     /// Print the JSON object only (otherwise a one-line summary follows it on stderr).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    grpo: crate::eval_grpo::GrpoArgs,
     #[command(flatten)]
     run: crate::runtime::RunArgs,
 }
@@ -198,6 +201,13 @@ impl EvalTask<'_> {
             }
             None => None,
         };
+        if let Mapping::Grpo(gm) = map {
+            let (l, a) = (lora.as_ref(), args);
+            let (data, lim) = (&a.data, a.limit);
+            return crate::eval_grpo::run(
+                &mut model, l, tok, gm, rows, idx, data, lim, &a.grpo, a.json,
+            );
+        }
         if let Mapping::Dpo(dm) = map {
             let tokens = tokenize_dpo(tok, dm, rows, &args.data)
                 .with_context(|| format!("tokenising {}", args.data.display()))?;

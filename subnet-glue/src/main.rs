@@ -9,6 +9,7 @@ mod cli_method; // gradients method check: a miner's method normalised, with its
 mod cli_task; // gradients task create|list|show: task intake and the stored tasks
 mod cli_tournament; // gradients tournament run, gradients library list|show
 mod eval; // gradients eval: SFT test loss (per sample and mean), with or without an adapter
+mod eval_grpo; // gradients eval, GRPO mode: completions, rewards, KL(base||tuned)
 mod generate; // gradients generate: greedy decoding, optionally with an adapter
 mod inspect; // gradients inspect MODEL
 mod merge; // gradients merge: base + LoRA adapter -> HF model directory

@@ -340,6 +340,18 @@ impl TextTokenizer for LetterTok {
     fn chat_template(&self) -> Option<&str> {
         None
     }
+    /// Letters, space and '.' back; any other id (28, 29, and 30.. of the tiny models) '#'.
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        Ok(ids
+            .iter()
+            .map(|&i| match i {
+                0..=25 => (b'a' + i as u8) as char,
+                26 => ' ',
+                27 => '.',
+                _ => '#',
+            })
+            .collect())
+    }
 }
 
 /// `train_model` on the tiny model `(mcfg, w)` with [`LetterTok`], no event log.

@@ -19,6 +19,7 @@
 //!   prompts, text or `{from, value}` answers: dpo_mapping.rs holds [`DpoMapping`].
 //! - chat `chat_template`: the live network's default is the name `"chatml"`; we follow
 //!   SPEC §1 instead (unset = the tokenizer's own template, else ChatML).
+//! - grpo: prompts and reward functions, in grpo.rs / reward.rs.
 //!
 //! Errors name the file, the 1-based row and the column. tokenize.rs turns the [`Example`]s
 //! made here into token ids; formats.rs supplies the records.
@@ -363,7 +364,7 @@ impl ChatMapping {
     }
 }
 
-/// A task's mapping, tagged by task type (`"instruct"`, `"chat"`, `"dpo"`).
+/// A task's mapping, tagged by task type (`"instruct"`, `"chat"`, `"dpo"`, `"grpo"`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "task_type", rename_all = "lowercase")]
 pub enum Mapping {
@@ -373,6 +374,8 @@ pub enum Mapping {
     Chat(ChatMapping),
     /// Preference pairs.
     Dpo(DpoMapping),
+    /// Prompts + reward functions (grpo.rs).
+    Grpo(super::grpo::GrpoMapping),
 }
 
 impl Mapping {
@@ -382,6 +385,7 @@ impl Mapping {
             Mapping::Instruct(m) => m.validate(),
             Mapping::Chat(m) => m.validate(),
             Mapping::Dpo(m) => m.validate(),
+            Mapping::Grpo(m) => m.validate(),
         }
     }
 }

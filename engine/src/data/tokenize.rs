@@ -37,6 +37,18 @@ pub trait TextTokenizer: Sync {
     fn token_text(&self, id: u32) -> Option<String>;
     /// The tokenizer's own Jinja chat template.
     fn chat_template(&self) -> Option<&str>;
+    /// The text of `ids` (generated completions). The default concatenates
+    /// [`TextTokenizer::token_text`], which suits tokenizers whose token texts are plain
+    /// text; [`Tokenizer`] decodes its byte-level BPE.
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        ids.iter()
+            .map(|&i| {
+                self.token_text(i).ok_or_else(|| {
+                    Error::from(ErrorKind::Tokenizer(format!("token id {i} has no text")))
+                })
+            })
+            .collect()
+    }
 }
 
 impl TextTokenizer for Tokenizer {
@@ -54,6 +66,9 @@ impl TextTokenizer for Tokenizer {
     }
     fn chat_template(&self) -> Option<&str> {
         Tokenizer::chat_template(self)
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        Tokenizer::decode(self, ids)
     }
 }
 
@@ -235,6 +250,13 @@ fn tokenize_row(
                 "column mapping",
                 "task_type",
                 "dpo rows are tokenised with tokenize_dpo",
+            ))
+        }
+        Mapping::Grpo(_) => {
+            return Err(Error::config(
+                "column mapping",
+                "task_type",
+                "grpo rows are prompts (data::grpo_prompts), not SFT samples",
             ))
         }
     };

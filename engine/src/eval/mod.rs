@@ -6,9 +6,11 @@
 //! to the longest of their batch, in fixed-size batches in the order given. Sums are f64 in
 //! token order, so the same inputs give bit-identical results on every run. The trainer
 //! (train/trainer.rs) calls [`evaluate`] on the test split; `gradients eval` on a file.
-//! dpo.rs holds the DPO evaluation ([`evaluate_dpo`]).
+//! dpo.rs holds the DPO evaluation ([`evaluate_dpo`]), grpo.rs the GRPO one
+//! ([`evaluate_grpo`], [`grpo_scores`]).
 
 pub mod dpo; // evaluate_dpo, DpoEvalResult, DpoSample, dpo_samples, log_sigmoid
+pub mod grpo; // evaluate_grpo, GrpoEvalResult, GrpoEvalOptions, grpo_scores, kl_logits
 
 use serde::Serialize;
 
@@ -21,6 +23,7 @@ use crate::model::llama::Llama;
 use crate::model::ModelConfig;
 
 pub use dpo::{dpo_samples, evaluate_dpo, DpoEvalResult, DpoSample, DEFAULT_BETA};
+pub use grpo::{evaluate_grpo, grpo_scores, GrpoEvalOptions, GrpoEvalResult, GrpoRaw};
 
 /// The result of an evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -563,6 +563,49 @@ impl<B: Backend> Llama<B> {
         self.be.download(&logits)
     }
 
+    /// Logits `[(len − start) · vocab]` at positions `start..len` of the single sequence
+    /// `ids` (one full forward; row `i` predicts the token after `ids[start + i]`).
+    pub fn logits_from(
+        &mut self,
+        ids: &[u32],
+        start: usize,
+        lora: Option<&LoraState<B>>,
+    ) -> Result<Vec<f32>> {
+        if start >= ids.len() {
+            return Err(Error::shape(
+                "llama logits",
+                format!("start {start} outside a sequence of {} tokens", ids.len()),
+            ));
+        }
+        let labels = vec![super::batch::IGNORE; ids.len()];
+        let sample = super::Sample {
+            input_ids: ids,
+            labels: &labels,
+        };
+        let batch = Batch::unpacked(&[sample], ids.len(), self.cfg.vocab_size)?;
+        let used = self.forward_into(false, &batch, lora, &StepOptions::default())?;
+        let (h, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let rows = ids.len() - start;
+        let plan = self.used_plan(used)?;
+        let xf = self.be.download(&plan.xf)?;
+        let tail = self.be.upload(&xf[start * h..ids.len() * h])?;
+        let mut logits = self.be.alloc(rows * vocab)?;
+        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        self.be.gemm(
+            &mut logits,
+            &tail,
+            lm_head,
+            rows,
+            vocab,
+            h,
+            false,
+            true,
+            1.0,
+            0.0,
+        )?;
+        self.be.download(&logits)
+    }
+
     /// Greedy decoding: extends `prompt` one argmax token at a time (the first index on
     /// ties) until `eos`, `max_new` new tokens, or the model's context length; returns the
     /// new tokens only (without the eos). A full forward per token: no KV cache yet.

@@ -80,8 +80,9 @@ pub struct TrainConfig {
     /// The dataset file (JSON array, JSONL or CSV; relative: to the config file; or
     /// `asset:alpaca_en_demo`). It is split into train/test (SPEC §2, seed 42).
     pub dataset: PathBuf,
-    /// The column mapping, tagged by `task_type` (`instruct`, `chat`, or `dpo`: DPO training,
-    /// train/dpo.rs, with `micro_batch` counting pairs and `packing` unused).
+    /// The column mapping, tagged by `task_type` (`instruct`, `chat`; `dpo`: DPO training,
+    /// train/dpo.rs, with `micro_batch` counting pairs and `packing` unused; `grpo`: GRPO
+    /// training, train/grpo.rs, with `micro_batch` counting prompts).
     pub mapping: Mapping,
     /// Where metrics, checkpoints and the final adapter go (relative: to the config file).
     pub output_dir: PathBuf,
@@ -149,6 +150,9 @@ pub struct TrainConfig {
     /// β of the DPO loss (in (0, 100]; SPEC §3's 0.1 by default); used by `dpo` runs only.
     #[serde(default = "default_dpo_beta")]
     pub dpo_beta: f64,
+    /// GRPO settings (train/grpo.rs; unset: the defaults); used by `grpo` runs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpo: Option<super::grpo::GrpoSection>,
 }
 
 fn default_r() -> usize {
@@ -277,6 +281,9 @@ impl TrainConfig {
             }
         }
         self.mapping.validate()?;
+        if let Some(g) = &self.grpo {
+            g.validate(source)?;
+        }
         let beta = self.dpo_beta;
         if !(beta.is_finite() && beta > 0.0 && beta <= 100.0) {
             return err("dpo_beta", format!("must be in (0, 100], got {beta}"));

@@ -23,6 +23,9 @@
 //! - DPO (`mapping.task_type = "dpo"`): train/dpo.rs supplies the data, the plan, the step's
 //!   gradients and the test evaluation (the mean DPO loss, recorded as the test loss); the
 //!   loop, budgets, checkpoints and metrics are shared.
+//! - GRPO (`mapping.task_type = "grpo"`): train/grpo.rs likewise supplies the data, the
+//!   plan, the step (sampled groups, advantages, β = 0) and the test evaluation (the negated
+//!   unnormalised GRPO score, recorded as the test loss).
 //! - Files in `output_dir`: `metrics.jsonl` (one JSON object per step, and per evaluation),
 //!   `loss.svg` (plot.rs; redrawn after every evaluation and at the end), `checkpoints/`
 //!   (checkpoint.rs), `adapter/` (the final PEFT adapter) and, with `keep_best`, `best/`
@@ -43,6 +46,7 @@ use super::checkpoint::{
 };
 use super::config::{resolve_asset, TrainConfig};
 use super::dpo::DpoRun;
+use super::grpo::GrpoRun;
 use super::metrics::Metrics;
 use super::plan::{micro_batch, plan_steps, prepare_data};
 use super::plot::write_loss_curve;
@@ -106,6 +110,9 @@ pub struct StepRecord {
     pub tokens_per_s: f64,
     /// Seconds since the start of this invocation.
     pub elapsed_s: f64,
+    /// GRPO runs: the mean weighted reward of the step's sampled completions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_reward: Option<f64>,
 }
 
 /// What the loop reports as it goes.
@@ -190,20 +197,25 @@ fn plan_fields(cfg: &TrainConfig) -> serde_json::Value {
     if matches!(cfg.mapping, Mapping::Dpo(_)) {
         v["dpo_beta"] = json!(cfg.dpo_beta);
     }
+    if matches!(cfg.mapping, Mapping::Grpo(_)) {
+        v["grpo"] = json!(cfg.grpo.clone().unwrap_or_default());
+    }
     v
 }
 
-/// The test evaluation: the DPO loss of `dpo`'s test pairs, else the SFT loss of `test`.
+/// The test evaluation: the DPO loss of `dpo`'s test pairs, GRPO's negated score of
+/// `grpo`'s test prompts, else the SFT loss of `test`.
 fn evaluate_test<B: Backend>(
     model: &mut Llama<B>,
     lora: Option<&LoraState<B>>,
     test: &[TokenizedSample],
-    dpo: Option<&mut DpoRun>,
+    (dpo, grpo, tok): (Option<&mut DpoRun>, Option<&GrpoRun>, &dyn TextTokenizer),
     cfg: &TrainConfig,
 ) -> Result<EvalResult> {
-    match dpo {
-        Some(d) => Ok(d.evaluate(model, lora)?.as_eval_result()),
-        None => evaluate(model, lora, test, cfg.eval_batch),
+    match (dpo, grpo) {
+        (Some(d), _) => Ok(d.evaluate(model, lora)?.as_eval_result()),
+        (_, Some(g)) => g.evaluate(model, lora, tok),
+        _ => evaluate(model, lora, test, cfg.eval_batch),
     }
 }
 
@@ -338,21 +350,27 @@ fn run_with<B: Backend + Clone>(
         Mapping::Dpo(m) => Some(DpoRun::prepare(cfg, m, tok)?),
         _ => None,
     };
-    let (train_set, test_set) = match dpo {
-        Some(_) => (Vec::new(), Vec::new()),
-        None => prepare_data(cfg, tok)?,
+    let grpo = match &cfg.mapping {
+        Mapping::Grpo(m) => Some(GrpoRun::prepare(cfg, m, tok)?),
+        _ => None,
+    };
+    let (train_set, test_set) = match (&dpo, &grpo) {
+        (None, None) => prepare_data(cfg, tok)?,
+        _ => (Vec::new(), Vec::new()),
     };
     let test_set: Vec<TokenizedSample> = match cfg.eval_samples {
         Some(n) => test_set.into_iter().take(n).collect(),
         None => test_set,
     };
-    let (plan, planned_reason) = match &dpo {
-        Some(d) => d.plan(cfg)?,
-        None => plan_steps(&train_set, cfg)?,
+    let (plan, planned_reason) = match (&dpo, &grpo) {
+        (Some(d), _) => d.plan(cfg)?,
+        (_, Some(g)) => g.plan(cfg)?,
+        _ => plan_steps(&train_set, cfg)?,
     };
-    let (n_train, n_test) = match &dpo {
-        Some(d) => (d.train.len(), d.test.len()),
-        None => (train_set.len(), test_set.len()),
+    let (n_train, n_test) = match (&dpo, &grpo) {
+        (Some(d), _) => (d.train.len(), d.test.len()),
+        (_, Some(g)) => (g.train.len(), g.test.len()),
+        _ => (train_set.len(), test_set.len()),
     };
     let total = plan.len() as u64;
     let schedule = Schedule::new(
@@ -446,7 +464,13 @@ fn run_with<B: Backend + Clone>(
     let run_eval = !cfg.skip_eval && n_test > 0;
     let mut base_test_loss = None;
     if run_eval {
-        let r = evaluate_test(&mut model, None, &test_set, dpo.as_mut(), cfg)?;
+        let r = evaluate_test(
+            &mut model,
+            None,
+            &test_set,
+            (dpo.as_mut(), grpo.as_ref(), tok),
+            cfg,
+        )?;
         metrics.append(
             &json!({"step": state.step, "base_test_loss": r.mean_loss, "test_tokens": r.tokens}),
         )?;
@@ -481,9 +505,15 @@ fn run_with<B: Backend + Clone>(
         }
         let sp = &plan[state.step as usize];
         let t0 = Instant::now();
-        let (loss, targets) = match (dpo.as_mut(), scratch.as_mut()) {
-            (Some(d), Some(scratch)) => {
+        let mut mean_reward = None;
+        let (loss, targets) = match (dpo.as_mut(), scratch.as_mut(), grpo.as_ref()) {
+            (Some(d), Some(scratch), _) => {
                 let st = d.step(&mut model, &lora, &mut grads, scratch, sp, cfg, state.step)?;
+                (st.loss, st.targets)
+            }
+            (_, _, Some(g)) => {
+                let st = g.step(&mut model, &lora, &mut grads, tok, sp, cfg, state.step)?;
+                mean_reward = Some(st.mean_reward);
                 (st.loss, st.targets)
             }
             _ => sft_step(
@@ -543,12 +573,19 @@ fn run_with<B: Backend + Clone>(
             targets: targets as u64,
             tokens_per_s: sp.tokens as f64 / dt.max(1e-9),
             elapsed_s: t_start.elapsed().as_secs_f64(),
+            mean_reward,
         };
         metrics.append(&rec)?;
         on_event(Event::Step(&rec));
         let last = state.step as usize == plan.len();
         if run_eval && cfg.eval_every > 0 && step_no % cfg.eval_every == 0 && !last {
-            let r = evaluate_test(&mut model, Some(&lora), &test_set, dpo.as_mut(), cfg)?;
+            let r = evaluate_test(
+                &mut model,
+                Some(&lora),
+                &test_set,
+                (dpo.as_mut(), grpo.as_ref(), tok),
+                cfg,
+            )?;
             metrics.append(
                 &json!({"step": step_no, "test_loss": r.mean_loss, "test_tokens": r.tokens}),
             )?;
@@ -591,7 +628,13 @@ fn run_with<B: Backend + Clone>(
     lw.save(&adapter_dir, base_name)?;
     let mut final_test_loss = None;
     if run_eval {
-        let r = evaluate_test(&mut model, Some(&lora), &test_set, dpo.as_mut(), cfg)?;
+        let r = evaluate_test(
+            &mut model,
+            Some(&lora),
+            &test_set,
+            (dpo.as_mut(), grpo.as_ref(), tok),
+            cfg,
+        )?;
         metrics.append(
             &json!({"step": state.step, "test_loss": r.mean_loss, "test_tokens": r.tokens}),
         )?;

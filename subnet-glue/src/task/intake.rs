@@ -47,6 +47,7 @@ fn check_columns(mapping: &Mapping, records: &[Record], path: &Path) -> Result<(
             Mapping::Instruct(m) => m.example(row, path, i + 1).map(|_| ()),
             Mapping::Chat(m) => m.example(row, path, i + 1).map(|_| ()),
             Mapping::Dpo(m) => m.example(row, path, i + 1).map(|_| ()),
+            Mapping::Grpo(m) => m.check_row(row, path, i + 1),
         }?;
     }
     Ok(())
