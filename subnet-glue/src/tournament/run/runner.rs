@@ -84,6 +84,7 @@ impl Runner<'_, '_> {
             mapping: src.mapping.clone(),
             hours_to_complete: self.cfg.hours_to_complete,
             split_seed: counter_hash(&[self.cfg.seed, stage_tag(stage), round as u64, idx as u64]),
+            grpo: None,
         };
         Ok(create_task(self.store, &spec)?.task)
     }
