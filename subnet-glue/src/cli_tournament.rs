@@ -291,8 +291,14 @@ pub fn print_match(m: &MatchRecord, replayed: bool) {
             .test_loss
             .map(|t| format!(" (test {t:.4})"))
             .unwrap_or_default();
+        // grpo: the score normalised over the match, as a regret (tournament/grpo.rs)
+        let what = if m.kind == "grpo" {
+            "grpo regret"
+        } else {
+            "loss"
+        };
         println!(
-            "    uid {:>3} {}{who}: loss {}{test}{won}",
+            "    uid {:>3} {}{who}: {what} {}{test}{won}",
             s.uid,
             short(&s.method_hash),
             fmt_loss(s.loss)
