@@ -4,7 +4,9 @@
 //! `tournament run` reads method files (examples/methods by default), trains and evaluates
 //! them through the validator on tasks made from one dataset per task kind (instruct: the
 //! cached alpaca demo; dpo: the cached dpo_en_demo, read as-is through the ShareGPT DPO
-//! mapping; `--task-kinds` picks the kinds, by default both when the DPO data resolves)
+//! mapping; grpo: examples/grpo-prompts.json with the mapping of examples/grpo-smollm2.toml
+//! and short generations, only when asked; `--task-kinds` picks the kinds, by default
+//! instruct and dpo, dpo when its data resolves)
 //! with the cached SmolLM2 model, prints every match as it is decided (the
 //! bracket, per-task losses), the winner, then the weights (tournament pools, u16) set on the
 //! database's local chain and the emission of the epoch that follows. Killed, it resumes
@@ -15,6 +17,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use gradients_engine::data::{DpoMapping, Mapping};
 use gradients_engine::train::config::resolve_asset;
+use gradients_engine::train::grpo::GrpoSection;
 use gradients_subnet::chain::LocalChain;
 use gradients_subnet::library;
 use gradients_subnet::store::Store;
@@ -85,8 +88,24 @@ pub struct RunArgs {
     /// `chosen`/`rejected` `{from, value}` answers, roles human/gpt).
     #[arg(long)]
     dpo_mapping: Option<String>,
-    /// Task kinds matches are drawn from (comma-separated: instruct, dpo); default both
-    /// when the DPO data resolves, else instruct.
+    /// GRPO prompts the grpo tasks are made from (used when `--task-kinds` names grpo).
+    #[arg(long, default_value = "examples/grpo-prompts.json")]
+    grpo_data: PathBuf,
+    /// The GRPO mapping as JSON (default: examples/grpo-smollm2.toml's: the `question`
+    /// prompt, reference_match on `answer` (weight 2) and length 4 (weight 0.5)).
+    #[arg(long)]
+    grpo_mapping: Option<String>,
+    /// The grpo tasks' generation settings as JSON (the engine's `[grpo]` section:
+    /// num_generations, max_new_tokens, temperature, top_k, top_p, scale_rewards).
+    #[arg(
+        long,
+        default_value = r#"{"num_generations": 4, "max_new_tokens": 12}"#
+    )]
+    grpo_settings: String,
+    /// Task kinds matches are drawn from (comma-separated: instruct, dpo, grpo); default
+    /// instruct and dpo (dpo when its data resolves). grpo is opt-in: GRPO training and
+    /// evaluation generate token by token (no KV cache), which is slow on the real model on
+    /// a CPU.
     #[arg(long, value_delimiter = ',')]
     task_kinds: Option<Vec<String>>,
     /// Training tokens each method may spend per task.
@@ -121,6 +140,10 @@ pub struct RunArgs {
     json: bool,
 }
 
+const GRPO_MAPPING: &str = r#"{"task_type": "grpo", "field_prompt": "question", "rewards": [
+    {"kind": "reference_match", "column": "answer", "weight": 2.0},
+    {"kind": "length", "target": 4, "weight": 0.5}]}"#;
+
 const ALPACA_MAPPING: &str = r#"{"task_type": "instruct", "field_instruction": "instruction",
     "field_input": "input", "field_output": "output"}"#;
 
@@ -137,25 +160,22 @@ fn parse_mapping(flag: &str, text: &str, kind: &str) -> anyhow::Result<Mapping> 
     let ok = match &m {
         Mapping::Dpo(_) => kind == "dpo",
         Mapping::Instruct(_) | Mapping::Chat(_) => kind == "instruct",
-        Mapping::Grpo(_) => false, // no grpo task source yet (the validator does not score them)
+        Mapping::Grpo(_) => kind == "grpo",
     };
     anyhow::ensure!(ok, "{flag}: expected a {kind} mapping");
     m.validate().context(flag.to_string())?;
     Ok(m)
 }
 
-/// The task sources of `a`: instruct from `--data`, dpo from `--dpo-data`, for the kinds
-/// asked (default: both, dpo only when its data resolves; the reason is printed otherwise).
+/// The task sources of `a`: instruct from `--data`, dpo from `--dpo-data`, grpo from
+/// `--grpo-data`, for the kinds asked (default: instruct and dpo, dpo only when its data
+/// resolves; the reason is printed otherwise).
 fn task_sources(a: &RunArgs) -> anyhow::Result<Vec<TaskSource>> {
     let kinds: Vec<TaskKind> = match &a.task_kinds {
         Some(names) => {
             let mut k = Vec::new();
             for n in names {
                 let kind = TaskKind::parse(n.trim()).context("--task-kinds")?;
-                anyhow::ensure!(
-                    kind != TaskKind::Grpo,
-                    "--task-kinds: grpo tasks are not supported by the validator (use instruct, dpo)"
-                );
                 if !k.contains(&kind) {
                     k.push(kind);
                 }
@@ -177,7 +197,16 @@ fn task_sources(a: &RunArgs) -> anyhow::Result<Vec<TaskSource>> {
                     "instruct",
                 )?,
             ),
-            _ => {
+            TaskKind::Grpo => (
+                "--grpo-data",
+                &a.grpo_data,
+                parse_mapping(
+                    "--grpo-mapping",
+                    a.grpo_mapping.as_deref().unwrap_or(GRPO_MAPPING),
+                    "grpo",
+                )?,
+            ),
+            TaskKind::Dpo => {
                 let dm = match &a.dpo_mapping {
                     Some(t) => parse_mapping("--dpo-mapping", t, "dpo")?,
                     None => Mapping::Dpo(DpoMapping::sharegpt()),
@@ -202,10 +231,20 @@ fn task_sources(a: &RunArgs) -> anyhow::Result<Vec<TaskSource>> {
             }
             Err(e) => anyhow::bail!("{flag}: {e}"),
         };
+        let grpo = match kind {
+            TaskKind::Grpo => {
+                let g: GrpoSection = serde_json::from_str(&a.grpo_settings)
+                    .context("--grpo-settings: expected the [grpo] section as JSON")?;
+                g.validate("--grpo-settings")?;
+                Some(g)
+            }
+            _ => None,
+        };
         out.push(TaskSource {
             kind,
             dataset: std::path::absolute(&dataset).unwrap_or(dataset),
             mapping,
+            grpo,
         });
     }
     Ok(out)
@@ -252,8 +291,14 @@ pub fn print_match(m: &MatchRecord, replayed: bool) {
             .test_loss
             .map(|t| format!(" (test {t:.4})"))
             .unwrap_or_default();
+        // grpo: the score normalised over the match, as a regret (tournament/grpo.rs)
+        let what = if m.kind == "grpo" {
+            "grpo regret"
+        } else {
+            "loss"
+        };
         println!(
-            "    uid {:>3} {}{who}: loss {}{test}{won}",
+            "    uid {:>3} {}{who}: {what} {}{test}{won}",
             s.uid,
             short(&s.method_hash),
             fmt_loss(s.loss)

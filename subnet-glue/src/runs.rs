@@ -34,12 +34,22 @@
 //!   it is still accepted, since its default is on and the same method plays every kind of
 //!   task) and β is SPEC §3's 0.1 (methods have no β field), so training optimises the loss
 //!   the validator scores.
+//! - GRPO tasks (mapping `grpo`): the runs use the trainer's GRPO mode with the task's
+//!   `[grpo]` generation settings (num_generations, max_new_tokens, temperature, top_k,
+//!   top_p, scale_rewards: fixed by the task, not the method). The method's LoRA, optimiser,
+//!   schedule, `micro_batch` (prompts), `grad_accum`, `epochs`, `seq_len` (prompt +
+//!   completion), budget and checkpoint fields apply as for instruct; `packing` is ignored.
+//!   The budget counts as the engine counts it: every one of the `num_generations` samples
+//!   at its prompt length + its maximum completion length, fixed before generating. The
+//!   held-out loss of `best` and the search is the engine's negated unnormalised score
+//!   `−(Σ w·mean reward − 0.5·KL)` on the trainer's own held-out prompts.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gradients_engine::data::Mapping;
 use gradients_engine::train::dpo::DpoRun;
+use gradients_engine::train::grpo::GrpoRun;
 use gradients_engine::train::plan::{plan_steps, prepare_data};
 use gradients_engine::train::{train_model, Event, RunOptions, TrainConfig, TrainSummary};
 use gradients_engine::{Error, Result};
@@ -114,7 +124,7 @@ fn config(
         "max_steps": spec.max_steps, "token_budget": spec.budget.max(1),
         "hours_to_complete": spec.hours, "seed": opts.seed,
         "eval_samples": m.budget.eval_samples, "eval_batch": opts.eval_batch,
-        "skip_eval": !spec.eval,
+        "skip_eval": !spec.eval, "grpo": task.grpo,
     });
     let source = format!("method {}", m.hash());
     let mut cfg: TrainConfig = serde_json::from_value(v)
@@ -123,6 +133,7 @@ fn config(
     let tok = base.tokenizer.as_ref();
     let steps = match &cfg.mapping {
         Mapping::Dpo(dm) => DpoRun::prepare(&cfg, dm, tok)?.plan(&cfg)?.0.len(),
+        Mapping::Grpo(gm) => GrpoRun::prepare(&cfg, gm, tok)?.plan(&cfg)?.0.len(),
         _ => {
             let (train, _) = prepare_data(&cfg, tok)?;
             plan_steps(&train, &cfg)?.0.len()

@@ -7,10 +7,19 @@
 //! - The valid results (neither failed nor duplicate) are ranked by `rank_loss` =
 //!   max(test, synth) ascending, NaN last, ties by submission order. First place +3; with
 //!   more than 8 valid results the bottom max(1, int(0.25·n)) get −1; the rest 0.
+//! - GRPO tasks (results carrying `grpo` detail): the valid results are ranked by SPEC §3's
+//!   score, DESCENDING (NaN last, ties by submission order). The score is the engine's
+//!   `grpo_scores` (each reward's means shifted so the minimum is 0 and divided by the
+//!   maximum, over the valid results, weighted, minus 0.5·KL), computed once over the test
+//!   means and once over the synthetic-set means. SPEC §2's "max(test, synth)" means "the
+//!   worse of the two"; for a score where higher is better that is the MINIMUM:
+//!   `score = min(test score, synth score)` (NaN when either is NaN), see [`grpo_task_scores`].
+//!   Duplicates and failures are handled as for losses, before normalising.
 //! - Failed (or non-fine-tune) results: −1 when at least one valid result exists, else 0.
 //! - Every score 0 (no valid result) → the task should be re-evaluated, at most
 //!   [`MAX_EVAL_ATTEMPTS`] times in all (validator.rs `evaluate_task`).
 
+use gradients_engine::eval::{grpo_scores, GrpoRaw};
 use serde::Serialize;
 
 use crate::validator::MethodResult;
@@ -54,6 +63,9 @@ pub struct TaskScore {
     pub outcome: Outcome,
     /// +3, 0 or −1.
     pub score: f64,
+    /// GRPO tasks: the SPEC §3 score normalised over the task's valid results (min of test
+    /// and synthetic; higher is better); None for other tasks and non-valid results.
+    pub grpo_score: Option<f64>,
 }
 
 /// The scores of one task, in the input order.
@@ -112,9 +124,23 @@ pub fn score_task(results: &[MethodResult]) -> TaskScores {
         }
     }
     let mut valid: Vec<usize> = (0..n).filter(|&i| outcome[i].is_none()).collect();
+    let grpo = results.iter().any(|r| r.grpo.is_some());
+    let mut grpo_score: Vec<Option<f64>> = vec![None; n];
+    if grpo {
+        let picked: Vec<&MethodResult> = valid.iter().map(|&i| &results[i]).collect();
+        for (&i, s) in valid.iter().zip(grpo_task_scores(&picked)) {
+            grpo_score[i] = Some(s);
+        }
+    }
+    // lower is better: the loss, or the negated GRPO score
+    let key = |i: usize| match grpo_score[i] {
+        Some(s) => -s,
+        None if grpo => f64::NAN,
+        None => results[i].rank_loss,
+    };
     // NaN last; ties keep submission order (stable sort)
     valid.sort_by(|&a, &b| {
-        let (x, y) = (results[a].rank_loss, results[b].rank_loss);
+        let (x, y) = (key(a), key(b));
         match (x.is_nan(), y.is_nan()) {
             (false, false) => x.total_cmp(&y),
             (a_nan, b_nan) => a_nan.cmp(&b_nan),
@@ -139,7 +165,8 @@ pub fn score_task(results: &[MethodResult]) -> TaskScores {
         .iter()
         .zip(outcome)
         .zip(score)
-        .map(|((r, o), mut s)| {
+        .zip(grpo_score)
+        .map(|(((r, o), mut s), g)| {
             let o = o.unwrap_or(Outcome::Failed {
                 reason: "unscored".into(),
             });
@@ -152,6 +179,7 @@ pub fn score_task(results: &[MethodResult]) -> TaskScores {
                 method_hash: r.method_hash.clone(),
                 outcome: o,
                 score: s,
+                grpo_score: g,
             }
         })
         .collect();
@@ -161,4 +189,50 @@ pub fn score_task(results: &[MethodResult]) -> TaskScores {
         valid: nv,
         reevaluate,
     }
+}
+
+/// SPEC §3's GRPO score of each of `results` (the compared valid submissions of one task),
+/// higher is better: `grpo_scores` over the test means and over the synthetic means, and
+/// the worse (minimum) of the two; NaN when either is NaN or the result has no GRPO detail
+/// (or its reward count differs from the first's).
+pub fn grpo_task_scores(results: &[&MethodResult]) -> Vec<f64> {
+    let n = results.len();
+    let Some(weights) = results
+        .iter()
+        .find_map(|r| r.grpo.as_ref().map(|g| g.weights.clone()))
+    else {
+        return vec![f64::NAN; n];
+    };
+    let k = weights.len();
+    let nan_raw = || GrpoRaw {
+        mean_rewards: vec![f64::NAN; k],
+        kl: f64::NAN,
+    };
+    let raws = |test: bool| -> Vec<GrpoRaw> {
+        results
+            .iter()
+            .map(|r| match &r.grpo {
+                Some(g) if g.weights.len() == k && r.failed.is_none() => {
+                    if test {
+                        g.test.raw()
+                    } else {
+                        g.synth.raw()
+                    }
+                }
+                _ => nan_raw(),
+            })
+            .collect()
+    };
+    let t = grpo_scores(&raws(true), &weights).unwrap_or_else(|_| vec![f64::NAN; n]);
+    let s = grpo_scores(&raws(false), &weights).unwrap_or_else(|_| vec![f64::NAN; n]);
+    t.iter()
+        .zip(&s)
+        .map(|(&a, &b)| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.min(b)
+            }
+        })
+        .collect()
 }

@@ -122,12 +122,21 @@ impl Store {
         }
         for (i, step) in steps.iter().enumerate().skip(have) {
             let tx = self.transaction()?;
+            // a step that edits the schema text must bump the schema cookie (SQLite's
+            // documented writable_schema procedure), in the same transaction
             tx.execute_batch(step).map_err(|e| {
                 Error::format(
                     &self.path,
                     format!("sqlite: migration {component} v{}: {e}", i + 1),
                 )
             })?;
+            if step.contains("writable_schema") {
+                let c: i64 = tx
+                    .query_row("PRAGMA schema_version", [], |r| r.get(0))
+                    .map_err(|e| self.err(e))?;
+                tx.execute_batch(&format!("PRAGMA schema_version = {}", c + 1))
+                    .map_err(|e| self.err(e))?;
+            }
             tx.execute(
                 "INSERT INTO schema_migrations (component, version, applied_at) VALUES (?1, ?2, ?3)",
                 params![component, (i + 1) as i64, unix_now()],

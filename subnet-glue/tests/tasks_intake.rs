@@ -1,6 +1,6 @@
 //! Task intake (SPEC §1–§2) on a real SQLite file in a tempdir: a good spec is stored with
 //! its split and status history; bad specs (unknown field, out-of-range value, wrong type,
-//! missing column, empty or tiny dataset, unknown architecture, grpo) are refused naming the
+//! missing column, empty or tiny dataset, unknown architecture, a grpo task with an instruct mapping) are refused naming the
 //! field, file or row, and leave nothing behind; the status machine refuses illegal moves.
 
 mod tasks_support;
@@ -169,8 +169,9 @@ fn bad_specs_name_the_field_and_leave_nothing() {
             "`hours_to_complete`: is required",
         ),
         (
+            // a grpo task with an instruct mapping: the grpo mapping refuses its fields
             good.replace("task_type = \"instruct\"", "task_type = \"grpo\""),
-            "grpo",
+            "field `mapping`: unknown field `field_input`",
         ),
         (
             good.replace("task_type = \"instruct\"", "task_type = \"summarise\""),

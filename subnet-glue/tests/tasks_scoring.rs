@@ -22,6 +22,7 @@ fn res(i: usize, test: f64, synth: f64) -> MethodResult {
         wall_s: 1.0,
         search: Vec::new(),
         seq: i as i64,
+        grpo: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `gradients tournament run`'s task-source flags, without assets: `--task-kinds` refuses
-//! grpo and unknown kinds, `--dpo-mapping` must be a DPO mapping, an explicit dpo kind needs
+//! unknown kinds and takes grpo only with its data, `--grpo-mapping` and `--grpo-settings`
+//! are checked with the field named, `--dpo-mapping` must be a DPO mapping, an explicit dpo kind needs
 //! its data, and by default a missing DPO dataset turns dpo tasks off with a printed reason
 //! (the run then goes on to load the model, which fails here on purpose).
 
@@ -38,11 +39,35 @@ fn run(dir: &Path, extra: &[&str]) -> (bool, String) {
 fn task_source_flags_are_checked_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (ok, out) = run(d, &["--task-kinds", "instruct,grpo"]);
+    let nowhere = d.join("no-prompts.json");
+    let nowhere = nowhere.to_str().unwrap();
+    let (ok, out) = run(
+        d,
+        &["--task-kinds", "instruct,grpo", "--grpo-data", nowhere],
+    );
     assert!(
-        !ok && out.contains("--task-kinds") && out.contains("grpo"),
+        !ok && out.contains("--grpo-data") && out.contains("no-prompts.json"),
         "{out}"
     );
+    let prompts = d.join("prompts.json");
+    std::fs::write(&prompts, "[]").unwrap();
+    let pr = prompts.to_str().unwrap();
+    let grpo = |extra: &[&str]| {
+        let mut args = vec!["--task-kinds", "grpo", "--grpo-data", pr];
+        args.extend_from_slice(extra);
+        run(d, &args)
+    };
+    let (ok, out) = grpo(&["--grpo-mapping", r#"{"field_instruction": "q"}"#]);
+    assert!(!ok && out.contains("--grpo-mapping"), "{out}");
+    let (ok, out) = grpo(&["--grpo-settings", r#"{"max_new_tokens": 0}"#]);
+    assert!(!ok && out.contains("grpo.max_new_tokens"), "{out}");
+    // the default mapping and settings: grpo tasks from the file, then the model fails
+    let (ok, out) = grpo(&[]);
+    assert!(
+        !ok && out.contains("grpo tasks from") && out.contains("prompts.json"),
+        "{out}"
+    );
+    assert!(out.contains("no-model.gguf"), "{out}");
     let (ok, out) = run(d, &["--task-kinds", "chat"]);
     assert!(!ok && out.contains("unknown task kind"), "{out}");
     let bad = r#"{"task_type": "instruct", "field_instruction": "q"}"#;

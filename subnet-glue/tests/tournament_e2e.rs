@@ -53,6 +53,7 @@ fn config(
                     "field_input": "input", "field_output": "output"}"#,
             )
             .unwrap(),
+            grpo: None,
         }],
         boss_tasks: 2,
         gate: GateConfig::default(),
@@ -307,6 +308,7 @@ fn dpo_tasks_in_knockout_and_boss_round() {
         mapping: gradients_engine::data::Mapping::Dpo(
             gradients_engine::data::DpoMapping::sharegpt(),
         ),
+        grpo: None,
     };
     let mut cfg = config(&model, &data, &work, 0);
     cfg.sources = vec![dpo_source.clone()];

@@ -74,6 +74,7 @@ fn config(model: &Path, data: &Path, work: &Path, seed: u64) -> TournamentConfig
                     "field_input": "input", "field_output": "output"}"#,
             )
             .unwrap(),
+            grpo: None,
         }],
         boss_tasks: 2,
         gate: GateConfig::default(),

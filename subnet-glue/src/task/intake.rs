@@ -144,6 +144,13 @@ pub fn create_task(store: &Store, spec: &TaskSpec) -> Result<Intake> {
         split_seed: spec.split_seed,
         rows: records.len(),
         failure: None,
+        grpo: spec.grpo.clone(),
+    };
+    let grpo_json = match &task.grpo {
+        Some(g) => Some(
+            serde_json::to_string(g).map_err(|e| Error::config("task", "grpo", e.to_string()))?,
+        ),
+        None => None,
     };
     let tx = store.transaction()?;
     let exists: Option<String> = tx
@@ -163,8 +170,8 @@ pub fn create_task(store: &Store, spec: &TaskSpec) -> Result<Intake> {
     }
     tx.execute(
         "INSERT INTO tasks (task_id, task_type, base_model, dataset, dataset_sha256, test_data,
-             mapping, hours_to_complete, split_seed, rows, created_at, status)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending')",
+             mapping, hours_to_complete, split_seed, rows, created_at, status, grpo)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending', ?12)",
         params![
             task_id,
             task.task_type.as_str(),
@@ -179,6 +186,7 @@ pub fn create_task(store: &Store, spec: &TaskSpec) -> Result<Intake> {
             task.split_seed as i64,
             task.rows as i64,
             created_at,
+            grpo_json,
         ],
     )
     .map_err(|e| store.err(e))?;
@@ -313,7 +321,9 @@ pub fn advance_to(store: &Store, task_id: &str, target: TaskStatus) -> Result<()
     tx.commit().map_err(|e| store.err(e))
 }
 
-fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Task, String, String, String)> {
+type RawTask = (Task, String, String, String, Option<String>);
+
+fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawTask> {
     let task = Task {
         task_id: r.get(0)?,
         task_type: TaskType::Instruct,
@@ -328,15 +338,22 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Task, String, Strin
         created_at: r.get(10)?,
         status: TaskStatus::Pending,
         failure: r.get(12)?,
+        grpo: None,
     };
-    Ok((task, r.get(1)?, r.get(6)?, r.get(11)?))
+    Ok((task, r.get(1)?, r.get(6)?, r.get(11)?, r.get(13)?))
 }
 
 const TASK_COLUMNS: &str = "task_id, task_type, base_model, dataset, dataset_sha256, test_data,
-    mapping, hours_to_complete, split_seed, rows, created_at, status, failure";
+    mapping, hours_to_complete, split_seed, rows, created_at, status, failure, grpo";
 
-fn finish_task(store: &Store, raw: (Task, String, String, String)) -> Result<Task> {
-    let (mut t, tt, mapping, status) = raw;
+fn finish_task(store: &Store, raw: RawTask) -> Result<Task> {
+    let (mut t, tt, mapping, status, grpo) = raw;
+    if let Some(g) = grpo {
+        t.grpo =
+            Some(serde_json::from_str(&g).map_err(|e| {
+                Error::format(store.path(), format!("task {}: grpo: {e}", t.task_id))
+            })?);
+    }
     t.task_type = TaskType::parse(&tt)?;
     t.mapping = serde_json::from_str(&mapping)
         .map_err(|e| Error::format(store.path(), format!("task {}: mapping: {e}", t.task_id)))?;

@@ -2,11 +2,16 @@
 //! [`Store`](crate::store::Store).
 //!
 //! A task spec (TOML or JSON, read field by field through fields.rs so errors name the field)
-//! gives `task_type` (instruct | chat | dpo; grpo is refused as unsupported), `base_model`
+//! gives `task_type` (instruct | chat | dpo | grpo), `base_model`
 //! (HF directory or GGUF file, or `asset:smollm2`), `dataset` (JSON/JSONL/CSV, or
 //! `asset:alpaca_en_demo`), the column `[mapping]` (the engine's `data::Mapping` fields),
 //! `hours_to_complete` (> 0), optional `test_data` (a custom test split file), `task_id` and
-//! `split_seed` (default 42). Intake ([`create_task`]) checks everything before writing: the
+//! `split_seed` (default 42). A grpo task's `[mapping]` is the engine's `GrpoMapping` (prompt
+//! column and the declarative rewards, compiled at intake so a bad reward names its field)
+//! and its optional `[grpo]` table the engine's `GrpoSection` (num_generations,
+//! max_new_tokens, temperature, top_k, top_p, scale_rewards; default the engine's): the
+//! task fixes generation so every method trains and is evaluated the same way (`grpo` on
+//! another type is refused). Intake ([`create_task`]) checks everything before writing: the
 //! mapping, the columns on the first rows of each file, the row count, the model's
 //! architecture (its config only; weights are not loaded). Then one transaction inserts the
 //! task, walks it pending → preparing_data → ready and stores its split's row indices.
@@ -26,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use gradients_engine::data::split::{sample_indices, split_indices};
 use gradients_engine::data::Mapping;
+use gradients_engine::train::grpo::GrpoSection;
 use gradients_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +45,12 @@ pub use intake::{
 };
 
 /// Schema steps of the `tasks` component.
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE tasks (
+/// Step 2 widens the `task_type` CHECK to `grpo` in place (SQLite's documented
+/// writable_schema procedure for loosening a constraint: rows, foreign keys and the tables
+/// that reference `tasks` are untouched; store.rs bumps the schema cookie) and adds the
+/// `grpo` column (the task's generation settings as JSON; NULL for other types).
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE tasks (
         task_id TEXT PRIMARY KEY,
         task_type TEXT NOT NULL CHECK (task_type IN ('instruct', 'chat', 'dpo')),
         base_model TEXT NOT NULL,
@@ -68,7 +79,15 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE tasks (
         pos INTEGER NOT NULL,
         row_index INTEGER NOT NULL,
         PRIMARY KEY (task_id, part, pos)
-    );"];
+    );",
+    "ALTER TABLE tasks ADD COLUMN grpo TEXT;
+    PRAGMA writable_schema = ON;
+    UPDATE sqlite_master
+        SET sql = replace(sql, 'task_type IN (''instruct'', ''chat'', ''dpo'')',
+                               'task_type IN (''instruct'', ''chat'', ''dpo'', ''grpo'')')
+        WHERE type = 'table' AND name = 'tasks';
+    PRAGMA writable_schema = OFF;",
+];
 
 /// Fewest dataset rows a task may have (the live network wants 2,000; smaller ones warn).
 pub const MIN_TASK_ROWS: usize = 10;
@@ -89,6 +108,8 @@ pub enum TaskType {
     Chat,
     /// Preference pairs.
     Dpo,
+    /// Prompts + reward functions (generation).
+    Grpo,
 }
 
 impl TaskType {
@@ -98,22 +119,21 @@ impl TaskType {
             TaskType::Instruct => "instruct",
             TaskType::Chat => "chat",
             TaskType::Dpo => "dpo",
+            TaskType::Grpo => "grpo",
         }
     }
 
-    /// Parse a task type; `grpo` is a clear unsupported error.
+    /// Parse a task type.
     pub fn parse(s: &str) -> Result<TaskType> {
         match s {
             "instruct" => Ok(TaskType::Instruct),
             "chat" => Ok(TaskType::Chat),
             "dpo" => Ok(TaskType::Dpo),
-            "grpo" => Err(Error::unsupported(
-                "task_type `grpo`: GRPO needs generation and reward functions, which this validator does not run yet (use instruct, chat or dpo)",
-            )),
+            "grpo" => Ok(TaskType::Grpo),
             other => Err(Error::config(
                 "task",
                 "task_type",
-                format!("unknown task type `{other}` (expected instruct, chat or dpo)"),
+                format!("unknown task type `{other}` (expected instruct, chat, dpo or grpo)"),
             )),
         }
     }
@@ -230,6 +250,8 @@ pub struct Task {
     pub rows: usize,
     /// Why it failed, when it did.
     pub failure: Option<String>,
+    /// A grpo task's generation settings (None for other types).
+    pub grpo: Option<GrpoSection>,
 }
 
 /// A task as the user writes it (see the module docs for the fields).
@@ -252,9 +274,12 @@ pub struct TaskSpec {
     pub hours_to_complete: f64,
     /// Split seed (default 42, the live network's).
     pub split_seed: u64,
+    /// A grpo task's generation settings (the `[grpo]` table; default the engine's).
+    pub grpo: Option<GrpoSection>,
 }
 
-const SPEC_FIELDS: [&str; 8] = [
+const SPEC_FIELDS: [&str; 9] = [
+    "grpo",
     "task_id",
     "task_type",
     "base_model",
@@ -302,15 +327,11 @@ impl TaskSpec {
             }
         }
         let tt: String = f.req("task_type")?;
-        let task_type = TaskType::parse(&tt).map_err(|e| {
-            if matches!(e.kind(), gradients_engine::ErrorKind::Unsupported(_)) {
-                e
-            } else {
-                f.error(
-                    "task_type",
-                    format!("unknown task type `{tt}` (expected instruct, chat or dpo)"),
-                )
-            }
+        let task_type = TaskType::parse(&tt).map_err(|_| {
+            f.error(
+                "task_type",
+                format!("unknown task type `{tt}` (expected instruct, chat, dpo or grpo)"),
+            )
         })?;
         let base_model: PathBuf = f.req("base_model")?;
         let dataset: PathBuf = f.req("dataset")?;
@@ -352,8 +373,25 @@ impl TaskSpec {
         mapping
             .validate()
             .map_err(|e| f.error("mapping", e.to_string()))?;
+        let grpo = match (task_type, f.raw("grpo")) {
+            (TaskType::Grpo, None) => Some(GrpoSection::default()),
+            (TaskType::Grpo, Some(v)) => {
+                let g: GrpoSection =
+                    serde_json::from_value(v).map_err(|e| f.error("grpo", format!("{e}")))?;
+                g.validate(source)?;
+                Some(g)
+            }
+            (_, None) => None,
+            (_, Some(_)) => {
+                return Err(f.error(
+                    "grpo",
+                    format!("only a grpo task has generation settings, not {tt}"),
+                ))
+            }
+        };
         f.finish(&SPEC_FIELDS)?;
         Ok(TaskSpec {
+            grpo,
             task_id,
             task_type,
             base_model,

@@ -8,6 +8,8 @@
 //! - bracket.rs: the seeded knockout pairs, the group round, the per-match task type draw;
 //! - boss.rs: the boss round's margin rule, failure rules and majority;
 //! - bootstrap.rs: the paired-bootstrap significance gate applied on top of the margin;
+//! - grpo.rs: GRPO matches: the score normalised over the compared sides, as a regret
+//!   (lower is better) so the rules above apply unchanged;
 //! - store.rs: the `tournament_*` SQLite tables that make a run resumable;
 //! - run/: the runner that trains and evaluates every method through the validator and
 //!   records each result as it finishes;
@@ -20,6 +22,7 @@
 pub mod bootstrap; // significance_gate: paired bootstrap over per-sample losses
 pub mod boss; // margin, decide_task, boss_outcome: the boss round's rules
 pub mod bracket; // knockout_pairs, groups, draw_task_kind
+pub mod grpo; // grpo_standings: GRPO scores normalised over a match, as regrets (lower is better)
 pub mod run; // TournamentConfig, Submission, run_tournament, Outcome: the resumable runner
 pub mod settle; // pool_input, register_neurons, settle: weights on the local chain, epoch
 pub mod store; // tournament_* tables: runs, matches, champion

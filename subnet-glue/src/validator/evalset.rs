@@ -9,6 +9,14 @@
 //!   per-sample loss, so ranking, duplicates and the tournament's bootstrap gate treat DPO
 //!   like SFT (lower is better).
 //!
+//! - grpo: one prompt per row (the task's mapping; prompts of `seq_len` tokens or more,
+//!   which leave no room to generate, are dropped), scored by the engine's `evaluate_grpo`
+//!   (greedy, the task's `max_new_tokens`, exact per-position KL(base‖tuned)): the raw
+//!   per-prompt rewards and KL are kept ([`GrpoSet`]), and the SFT-shaped view used by the
+//!   rest of the validator is the negated unnormalised score `0.5·KL − Σ w·reward` (mean and
+//!   per prompt; lower is better). The normalised SPEC §3 score needs every compared
+//!   submission, so scoring.rs computes it.
+//!
 //! `max_eval_samples` keeps the first samples (or pairs) of each set; every entry carries
 //! its dataset (or test file) row.
 //!
@@ -23,15 +31,19 @@ use std::path::{Path, PathBuf};
 
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::data::{
-    tokenize_dpo, tokenize_sft, Mapping, Record, TokenizeOptions, TokenizedSample, Truncation,
+    grpo_prompts, tokenize_dpo, tokenize_sft, GrpoMapping, GrpoPrompt, Mapping, Record,
+    TextTokenizer, TokenizeOptions, TokenizedSample, Truncation,
 };
 use gradients_engine::eval::dpo::{pair_logps, score_dpo};
+use gradients_engine::eval::grpo::KL_COEF;
 use gradients_engine::eval::{
-    dpo_samples, eval_seq_len, evaluate, DpoSample, EvalResult, DEFAULT_BETA,
+    dpo_samples, eval_seq_len, evaluate, evaluate_grpo, DpoSample, EvalResult, GrpoEvalOptions,
+    GrpoRaw, DEFAULT_BETA,
 };
 use gradients_engine::lora::LoraState;
-use gradients_engine::model::Llama;
+use gradients_engine::model::{Llama, Sampling};
 use gradients_engine::{Error, Result};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{BaseModel, ValidatorOptions};
@@ -43,6 +55,52 @@ pub(super) enum EvalSet {
     Sft(Vec<TokenizedSample>),
     /// Preference pairs (dpo) and the file caching their reference log-probs.
     Dpo(Vec<DpoSample>, PathBuf),
+    /// GRPO prompts with their mapping and generation options.
+    Grpo(Vec<GrpoPrompt>, Box<GrpoMapping>, GrpoEvalOptions),
+}
+
+/// What a GRPO set's scoring keeps of one submission (raw values, prompt order).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GrpoSet {
+    /// Mean raw value of each reward function.
+    pub mean_rewards: Vec<f64>,
+    /// Mean KL(base‖tuned) over prompts.
+    pub kl: f64,
+    /// Per prompt: each reward function's raw value.
+    pub rewards: Vec<Vec<f64>>,
+    /// Per prompt: its KL.
+    pub kls: Vec<f64>,
+}
+
+/// A GRPO result's raw values on both sets (validator/mod.rs `MethodResult::grpo`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GrpoDetail {
+    /// The task's reward weights (mapping order).
+    pub weights: Vec<f64>,
+    /// The reward functions' kinds (mapping order).
+    pub reward_kinds: Vec<String>,
+    /// On the hidden test prompts.
+    pub test: GrpoSet,
+    /// On the synthetic set.
+    pub synth: GrpoSet,
+}
+
+impl GrpoSet {
+    /// The raw means `grpo_scores` compares.
+    pub fn raw(&self) -> GrpoRaw {
+        GrpoRaw {
+            mean_rewards: self.mean_rewards.clone(),
+            kl: self.kl,
+        }
+    }
+
+    /// Whether every value is finite.
+    pub fn is_finite(&self) -> bool {
+        self.kl.is_finite()
+            && self.mean_rewards.iter().all(|v| v.is_finite())
+            && self.kls.iter().all(|v| v.is_finite())
+            && self.rewards.iter().flatten().all(|v| v.is_finite())
+    }
 }
 
 /// The cache file of `pairs`' reference log-probs in `dir` (module docs).
@@ -107,6 +165,22 @@ impl EvalSet {
             .min(base.config.max_position_embeddings.max(2));
         let keep = opts.max_eval_samples.unwrap_or(usize::MAX);
         let tok = base.tokenizer.as_ref();
+        if let Mapping::Grpo(m) = &task.mapping {
+            let g = task.grpo.clone().unwrap_or_default();
+            let opts = GrpoEvalOptions {
+                max_new_tokens: g.max_new_tokens,
+                sampling: Sampling::greedy(),
+            };
+            let mut prompts: Vec<GrpoPrompt> = grpo_prompts(tok, m, &picked, file)?
+                .into_iter()
+                .filter(|p| p.ids.len() < seq_len)
+                .collect();
+            prompts.truncate(keep);
+            for p in &mut prompts {
+                p.row = rows[p.row];
+            }
+            return Ok(EvalSet::Grpo(prompts, Box::new(m.clone()), opts));
+        }
         if let Mapping::Dpo(m) = &task.mapping {
             let tokens = tokenize_dpo(tok, m, &picked, file)?;
             let (mut pairs, _dropped) = dpo_samples(&tokens, seq_len)?;
@@ -131,16 +205,40 @@ impl EvalSet {
         Ok(EvalSet::Sft(samples))
     }
 
-    /// Score the set with `lora` on `model`: the mean loss, per-sample (per-pair) losses
-    /// and rows.
+    /// Score the set with `lora` on `model`: the mean loss, per-sample (per-pair, per-prompt)
+    /// losses and rows, and for GRPO the raw values.
     pub(super) fn score(
         &self,
         model: &mut Llama<CpuBackend<f32>>,
         lora: &LoraState<CpuBackend<f32>>,
+        tok: &dyn TextTokenizer,
         batch: usize,
-    ) -> Result<EvalResult> {
+    ) -> Result<(EvalResult, Option<GrpoSet>)> {
         match self {
-            EvalSet::Sft(s) => evaluate(model, Some(lora), s, batch),
+            EvalSet::Sft(s) => Ok((evaluate(model, Some(lora), s, batch)?, None)),
+            EvalSet::Grpo(prompts, mapping, opts) => {
+                let r = evaluate_grpo(model, Some(lora), tok, mapping, prompts, opts)?;
+                let weighted =
+                    |rw: &[f64]| -> f64 { r.weights.iter().zip(rw).map(|(w, v)| w * v).sum() };
+                let eval = EvalResult {
+                    mean_loss: KL_COEF * r.mean_kl - r.weighted_reward,
+                    tokens: r.kl_positions,
+                    samples: r.prompts,
+                    per_sample_loss: r
+                        .per_prompt
+                        .iter()
+                        .map(|p| KL_COEF * p.kl - weighted(&p.rewards))
+                        .collect(),
+                    rows: r.per_prompt.iter().map(|p| p.row).collect(),
+                };
+                let set = GrpoSet {
+                    mean_rewards: r.mean_rewards.clone(),
+                    kl: r.mean_kl,
+                    rewards: r.per_prompt.iter().map(|p| p.rewards.clone()).collect(),
+                    kls: r.per_prompt.iter().map(|p| p.kl).collect(),
+                };
+                Ok((eval, Some(set)))
+            }
             EvalSet::Dpo(pairs, cache) => {
                 let reference = match read_reference(cache, pairs.len()) {
                     Some(r) => r,
@@ -153,7 +251,10 @@ impl EvalSet {
                     }
                 };
                 let policy = pair_logps(model, Some(lora), pairs)?;
-                Ok(score_dpo(pairs, &policy, &reference, DEFAULT_BETA)?.as_eval_result())
+                Ok((
+                    score_dpo(pairs, &policy, &reference, DEFAULT_BETA)?.as_eval_result(),
+                    None,
+                ))
             }
         }
     }

@@ -12,6 +12,12 @@
 //!   (2048/4096, or `eval_seq_len`), one sample (DPO: one pair) per row, and scored with the
 //!   engine's `eval::evaluate` (DPO: `eval::evaluate_dpo`, β 0.1, reference = the base
 //!   model; evalset.rs); `rank_loss` = max(test, synth), NaN when either is NaN (worst).
+//! - GRPO tasks train in the trainer's GRPO mode (runs.rs) and are evaluated by generation
+//!   (evalset.rs): `test_loss`/`synth_loss` are the negated unnormalised scores
+//!   `0.5·KL − Σ w·mean reward` (so `rank_loss` = max of them = the worse set), and
+//!   [`MethodResult::grpo`] keeps the raw per-prompt rewards and KL and the per-function
+//!   means of both sets, from which scoring.rs computes SPEC §3's score normalised across
+//!   the task's submissions. A non-finite reward or KL makes the result failed.
 //! - DPO tasks train in the trainer's DPO mode with the same seed, budget and cap rules as
 //!   instruct; how a method's fields apply to DPO is described in runs.rs.
 //! - Fine-tune check: the adapter must load against the task's base model (targets and
@@ -39,10 +45,11 @@ use crate::method::Method;
 use crate::runs::{run_method, Candidate};
 use crate::scoring::{score_task, TaskScores, MAX_EVAL_ATTEMPTS};
 use crate::store::Store;
-mod evalset; // EvalSet: test/synthetic sets tokenised (SFT samples or DPO pairs) and scored
+mod evalset; // EvalSet: test/synthetic sets tokenised (SFT samples, DPO pairs, GRPO prompts) and scored
 mod results; // methods and results tables: store_method, get_method, load_result, task_results
 
 use evalset::EvalSet;
+pub use evalset::{GrpoDetail, GrpoSet};
 
 use results::{attempt_count, save_result, stored};
 pub use results::{get_method, load_result, store_method, task_results, MIGRATIONS};
@@ -155,6 +162,8 @@ pub struct MethodResult {
     pub search: Vec<Candidate>,
     /// Submission order in the store (earliest first; 0 when not stored).
     pub seq: i64,
+    /// A grpo task's raw rewards and KL on both sets (None otherwise, or when failed).
+    pub grpo: Option<GrpoDetail>,
 }
 
 impl MethodResult {
@@ -174,6 +183,7 @@ impl MethodResult {
             wall_s,
             search: Vec::new(),
             seq: 0,
+            grpo: None,
         }
     }
 }
@@ -387,9 +397,29 @@ fn run_and_score(
     let be = CpuBackend::<f32>::new();
     let mut model = Llama::new(be.clone(), &base.config, &base.weights)?;
     let lora = LoraState::upload(&be, &lw)?;
-    let tr = test.score(&mut model, &lora, opts.eval_batch)?;
-    let sr = synth.score(&mut model, &lora, opts.eval_batch)?;
+    let tok = base.tokenizer.as_ref();
+    let (tr, tg) = test.score(&mut model, &lora, tok, opts.eval_batch)?;
+    let (sr, sg) = synth.score(&mut model, &lora, tok, opts.eval_batch)?;
+    let grpo = match (tg, sg, &task.mapping) {
+        (Some(test), Some(synth), gradients_engine::data::Mapping::Grpo(m)) => {
+            if !(test.is_finite() && synth.is_finite()) {
+                let why = "a non-finite GRPO reward or KL".to_string();
+                let mut r =
+                    MethodResult::failed(task, hash, why, run.tokens, t0.elapsed().as_secs_f64());
+                r.search = run.search;
+                return Ok(r);
+            }
+            Some(GrpoDetail {
+                weights: m.rewards.iter().map(|s| s.weight).collect(),
+                reward_kinds: m.rewards.iter().map(|s| s.kind.clone()).collect(),
+                test,
+                synth,
+            })
+        }
+        _ => None,
+    };
     Ok(MethodResult {
+        grpo,
         task_id: task.task_id.clone(),
         method_hash: hash.to_string(),
         test_loss: tr.mean_loss,

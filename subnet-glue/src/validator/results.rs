@@ -2,19 +2,24 @@
 //! method evaluated, by content hash, in canonical form) and the `results` table, one row per
 //! (task, method hash) with the losses, per-sample test losses (f64 bytes, bit exact), the
 //! adapter hash, the failure, tokens, time, the seed and budget used, the search's candidates
-//! and the attempt count. `seq` orders submissions (earliest first) for duplicate detection.
+//! and the attempt count; for grpo tasks (schema step 2) the raw per-prompt rewards and KL
+//! and the per-function means of both sets, as JSON holding each f64's bits (u64) so they
+//! read back bit exact. `seq` orders submissions (earliest first) for duplicate detection.
 
 use std::path::PathBuf;
 
 use gradients_engine::{Error, Result};
 use rusqlite::{params, OptionalExtension};
 
-use super::{MethodResult, ValidatorOptions};
+use serde::{Deserialize, Serialize};
+
+use super::{GrpoDetail, GrpoSet, MethodResult, ValidatorOptions};
 use crate::method::Method;
 use crate::store::{unix_now, Store};
 
 /// Schema steps of the `results` component.
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE methods (
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE methods (
         hash TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         recipe TEXT NOT NULL,
@@ -40,7 +45,75 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE methods (
         attempts INTEGER NOT NULL,
         created_at INTEGER NOT NULL,
         UNIQUE (task_id, method_hash)
-    );"];
+    );",
+    "ALTER TABLE results ADD COLUMN grpo TEXT;",
+];
+
+/// One GRPO set as stored: every f64 as its bits.
+#[derive(Serialize, Deserialize)]
+struct StoredSet {
+    mean: Vec<u64>,
+    kl: u64,
+    rewards: Vec<Vec<u64>>,
+    kls: Vec<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredGrpo {
+    weights: Vec<u64>,
+    kinds: Vec<String>,
+    test: StoredSet,
+    synth: StoredSet,
+}
+
+fn bits(v: &[f64]) -> Vec<u64> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn unbits(v: &[u64]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from_bits(x)).collect()
+}
+
+impl StoredSet {
+    fn from(s: &GrpoSet) -> Self {
+        StoredSet {
+            mean: bits(&s.mean_rewards),
+            kl: s.kl.to_bits(),
+            rewards: s.rewards.iter().map(|r| bits(r)).collect(),
+            kls: bits(&s.kls),
+        }
+    }
+
+    fn into_set(self) -> GrpoSet {
+        GrpoSet {
+            mean_rewards: unbits(&self.mean),
+            kl: f64::from_bits(self.kl),
+            rewards: self.rewards.iter().map(|r| unbits(r)).collect(),
+            kls: unbits(&self.kls),
+        }
+    }
+}
+
+fn grpo_json(g: &GrpoDetail) -> Result<String> {
+    let s = StoredGrpo {
+        weights: bits(&g.weights),
+        kinds: g.reward_kinds.clone(),
+        test: StoredSet::from(&g.test),
+        synth: StoredSet::from(&g.synth),
+    };
+    serde_json::to_string(&s).map_err(|e| Error::config("results", "grpo", e.to_string()))
+}
+
+fn grpo_from_json(store: &Store, text: &str) -> Result<GrpoDetail> {
+    let s: StoredGrpo = serde_json::from_str(text)
+        .map_err(|e| Error::format(store.path(), format!("result grpo: {e}")))?;
+    Ok(GrpoDetail {
+        weights: unbits(&s.weights),
+        reward_kinds: s.kinds,
+        test: s.test.into_set(),
+        synth: s.synth.into_set(),
+    })
+}
 
 /// Record `method` in the `methods` table (first name kept).
 pub fn store_method(store: &Store, method: &Method) -> Result<String> {
@@ -84,11 +157,13 @@ fn from_f64s(b: &[u8]) -> Vec<f64> {
 
 const RESULT_COLUMNS: &str = "task_id, method_hash, test_loss, synth_loss, rank_loss,
     per_sample_test, test_rows, adapter_sha256, adapter_dir, failed, tokens, wall_s, search,
-    seq, seed, token_budget";
+    seq, seed, token_budget, grpo";
 
 pub(super) type StoredResult = (MethodResult, u64, u64);
 
-fn result_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredResult, String)> {
+type RawResult = (StoredResult, String, Option<String>);
+
+fn result_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawResult> {
     let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
     let rows: Vec<u8> = r.get(6)?;
     let res = MethodResult {
@@ -109,14 +184,16 @@ fn result_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredResult, Str
         wall_s: r.get(11)?,
         search: Vec::new(),
         seq: r.get(13)?,
+        grpo: None,
     };
     let seed = r.get::<_, i64>(14)? as u64;
     let budget = r.get::<_, i64>(15)? as u64;
-    Ok(((res, seed, budget), r.get(12)?))
+    Ok(((res, seed, budget), r.get(12)?, r.get(16)?))
 }
 
-fn finish_result(store: &Store, raw: (StoredResult, String)) -> Result<StoredResult> {
-    let ((mut res, seed, budget), search) = raw;
+fn finish_result(store: &Store, raw: RawResult) -> Result<StoredResult> {
+    let ((mut res, seed, budget), search, grpo) = raw;
+    res.grpo = grpo.map(|g| grpo_from_json(store, &g)).transpose()?;
     res.search = serde_json::from_str(&search)
         .map_err(|e| Error::format(store.path(), format!("result search: {e}")))?;
     Ok((res, seed, budget))
@@ -174,6 +251,7 @@ pub(super) fn save_result(
         .collect();
     let search =
         serde_json::to_string(&r.search).map_err(|e| Error::format(store.path(), e.to_string()))?;
+    let grpo = r.grpo.as_ref().map(grpo_json).transpose()?;
     let tx = store.transaction()?;
     tx.execute(
         "DELETE FROM results WHERE task_id = ?1 AND method_hash = ?2",
@@ -183,8 +261,9 @@ pub(super) fn save_result(
     tx.execute(
         "INSERT INTO results (task_id, method_hash, test_loss, synth_loss, rank_loss,
             per_sample_test, test_rows, adapter_sha256, adapter_dir, failed, tokens, wall_s,
-            seed, token_budget, search, attempts, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            seed, token_budget, search, attempts, created_at, grpo)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+            ?18)",
         params![
             r.task_id,
             r.method_hash,
@@ -205,6 +284,7 @@ pub(super) fn save_result(
             search,
             attempts,
             unix_now(),
+            grpo,
         ],
     )
     .map_err(|e| store.err(e))?;

@@ -3,7 +3,8 @@
 //! method with the same data, seed and token budget on the validator's engine).
 //!
 //! Tasks: every match (and every boss-round task) gets its own task over the dataset of its
-//! kind's source (the CLI's defaults: the alpaca demo for instruct, dpo_en_demo for dpo)
+//! kind's source (the CLI's defaults: the alpaca demo for instruct, dpo_en_demo for dpo,
+//! examples/grpo-prompts.json for grpo, whose source also fixes the generation settings)
 //! with its own split seed `counter_hash(seed, stage, round, index)`: a different hidden test
 //! split and train split each time, with the task id `<tournament>-k<round>-<index>`,
 //! `-g<group>` or `-boss<j>`. A knockout match's kind is drawn with SPEC §5's weights
@@ -35,6 +36,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use gradients_engine::data::Mapping;
+use gradients_engine::train::grpo::GrpoSection;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -60,6 +62,10 @@ pub struct TaskSource {
     pub dataset: PathBuf,
     /// Its column mapping.
     pub mapping: Mapping,
+    /// grpo sources: the generation settings of their tasks (absent from the settings hash
+    /// otherwise, so earlier tournaments' stored settings still match).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpo: Option<GrpoSection>,
 }
 
 /// A miner's submission: its entry, its method and the parent method it names.

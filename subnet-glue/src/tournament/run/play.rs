@@ -1,6 +1,7 @@
 //! The matches of a tournament (used by run/mod.rs): the group round (one task per group,
 //! the top 8 by loss advance), the knockout rounds (one task per pair, its kind drawn with
-//! SPEC §5's weights over the supported kinds; the lower loss wins; an odd player meets the
+//! SPEC §5's weights over the supported kinds; the lower loss wins (grpo tasks: the lower
+//! regret, the score normalised over the sides, tournament/grpo.rs); an odd player meets the
 //! champion's method or gets a bye) and the boss round (its tasks spread over the kinds,
 //! each decided by the margin rule and the significance gate). Every decided match is
 //! stored at once and read back on resume instead of being played again.
@@ -11,9 +12,38 @@ use super::super::boss::{boss_outcome, decide_task, knockout_winner, Side, SideR
 use super::super::bracket::{
     boss_task_kinds, draw_task_kind, group_advancers, groups, knockout_pairs, Opponent,
 };
+use super::super::grpo::grpo_standings;
 use super::super::store::{self, Champion, MatchRecord, Showing, Stage};
 use super::super::{terr, Entry, Result, TaskKind};
 use super::{BossSummary, Runner};
+use crate::validator::MethodResult;
+
+/// On a grpo task, replace the showings' losses by the GRPO regrets normalised over these
+/// sides (grpo.rs); returns each side's per-sample values for the gate (per-prompt regrets,
+/// or the validator's per-sample test losses for other kinds).
+fn match_losses(kind: TaskKind, shows: &mut [Showing], results: &[&MethodResult]) -> Vec<Vec<f64>> {
+    if kind != TaskKind::Grpo {
+        return results.iter().map(|r| r.per_sample_test.clone()).collect();
+    }
+    shows
+        .iter_mut()
+        .zip(grpo_standings(results))
+        .map(|(s, st)| {
+            s.loss = st.loss;
+            s.test_loss = st.test_loss;
+            st.per_prompt
+        })
+        .collect()
+}
+
+/// The rule text of a knockout match of `kind`.
+fn lower_wins(kind: TaskKind) -> &'static str {
+    if kind == TaskKind::Grpo {
+        "higher grpo score (lower regret, normalised over the pair)"
+    } else {
+        "lower loss"
+    }
+}
 
 /// The bracket's progress: the entries, the records so far and who went out where.
 pub(super) struct Progress<'x> {
@@ -58,6 +88,7 @@ pub(super) fn group_round(
             None => {
                 let task = r.task(Stage::Group, 0, g, kind)?;
                 let mut shows = Vec::new();
+                let mut results = Vec::new();
                 for &p in &members {
                     let e = &entries[p];
                     let res = r.evaluate(&task, &e.method_hash)?;
@@ -66,7 +97,10 @@ pub(super) fn group_round(
                         false,
                         &res,
                     ));
+                    results.push(res);
                 }
+                let refs: Vec<&MethodResult> = results.iter().collect();
+                match_losses(kind, &mut shows, &refs);
                 let ranked: Vec<(usize, f64)> = shows
                     .iter()
                     .enumerate()
@@ -84,7 +118,11 @@ pub(super) fn group_round(
                     kind: kind.to_string(),
                     players: shows,
                     winners,
-                    rule: "top 8 by loss advance".into(),
+                    rule: if kind == TaskKind::Grpo {
+                        "top 8 by grpo regret advance".into()
+                    } else {
+                        "top 8 by loss advance".into()
+                    },
                     margin: None,
                     gate: None,
                 };
@@ -166,8 +204,12 @@ pub(super) fn knockout(
                         };
                         let ra = r.evaluate(&task, &a.method_hash)?;
                         let rb = r.evaluate(&task, &b_hash)?;
-                        let sa = Runner::showing((a.method_hash.as_str(), a.uid), false, &ra);
-                        let sb = Runner::showing((b_hash.as_str(), b_uid), b_champ, &rb);
+                        let mut shows = [
+                            Runner::showing((a.method_hash.as_str(), a.uid), false, &ra),
+                            Runner::showing((b_hash.as_str(), b_uid), b_champ, &rb),
+                        ];
+                        match_losses(kind, &mut shows, &[&ra, &rb]);
+                        let [sa, sb] = shows;
                         let a_wins = knockout_winner(sa.loss, sb.loss);
                         let winners = match (a_wins, b_champ) {
                             (true, _) => vec![a.method_hash.clone()],
@@ -183,7 +225,7 @@ pub(super) fn knockout(
                             kind: kind.to_string(),
                             players: vec![sa, sb],
                             winners,
-                            rule: "lower loss".into(),
+                            rule: lower_wins(kind).into(),
                             margin: None,
                             gate: None,
                         }
@@ -236,20 +278,24 @@ pub(super) fn boss_round(
                 let task = r.task(Stage::Boss, 0, j, kind)?;
                 let rc = r.evaluate(&task, &c.method_hash)?;
                 let rh = r.evaluate(&task, &challenger.method_hash)?;
-                let sc = Runner::showing((c.method_hash.as_str(), c.uid), true, &rc);
-                let sh = Runner::showing(
-                    (challenger.method_hash.as_str(), challenger.uid),
-                    false,
-                    &rh,
-                );
+                let mut shows = [
+                    Runner::showing((c.method_hash.as_str(), c.uid), true, &rc),
+                    Runner::showing(
+                        (challenger.method_hash.as_str(), challenger.uid),
+                        false,
+                        &rh,
+                    ),
+                ];
+                let per_sample = match_losses(kind, &mut shows, &[&rc, &rh]);
+                let [sc, sh] = shows;
                 let d = decide_task(
                     SideResult {
                         loss: sc.loss,
-                        per_sample: &rc.per_sample_test,
+                        per_sample: &per_sample[0],
                     },
                     SideResult {
                         loss: sh.loss,
-                        per_sample: &rh.per_sample_test,
+                        per_sample: &per_sample[1],
                     },
                     c.defences,
                     &cfg.gate,

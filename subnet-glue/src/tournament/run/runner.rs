@@ -71,12 +71,7 @@ impl Runner<'_, '_> {
             task_type: match kind {
                 TaskKind::Instruct => TaskType::Instruct,
                 TaskKind::Dpo => TaskType::Dpo,
-                TaskKind::Grpo => {
-                    return Err(terr!(
-                        "sources",
-                        "grpo tasks are not supported by the validator"
-                    ))
-                }
+                TaskKind::Grpo => TaskType::Grpo,
             },
             base_model: self.cfg.base_model.clone(),
             dataset: src.dataset.clone(),
@@ -84,6 +79,10 @@ impl Runner<'_, '_> {
             mapping: src.mapping.clone(),
             hours_to_complete: self.cfg.hours_to_complete,
             split_seed: counter_hash(&[self.cfg.seed, stage_tag(stage), round as u64, idx as u64]),
+            grpo: match kind {
+                TaskKind::Grpo => Some(src.grpo.clone().unwrap_or_default()),
+                _ => None,
+            },
         };
         Ok(create_task(self.store, &spec)?.task)
     }
