@@ -1,6 +1,8 @@
 //! `--device` and `--threads`, shared by every command that runs a model: chooses the rayon
 //! thread count and resolves the requested device, falling back to the CPU backend with one
 //! clear line on stderr when CUDA is not usable (no `cuda` build feature, no driver, no GPU).
+//! With `GRADIENTS_REQUIRE_GPU=1` (set by scripts/gpu-check.sh) that fallback is an error
+//! instead, so a GPU check can never compare the CPU with itself.
 
 use anyhow::Context;
 use gradients_engine::backend::device::{resolve, Device};
@@ -40,8 +42,18 @@ impl RunArgs {
         }
         let (device, why) = resolve(self.device);
         if let Some(why) = why {
+            // GPU checks must not silently measure the CPU twice
+            anyhow::ensure!(
+                !require_gpu(),
+                "GRADIENTS_REQUIRE_GPU=1 and the requested device cannot run: {why}"
+            );
             eprintln!("{why}");
         }
         Ok(device)
     }
+}
+
+/// `GRADIENTS_REQUIRE_GPU=1`: a requested CUDA device that cannot run is an error.
+fn require_gpu() -> bool {
+    std::env::var("GRADIENTS_REQUIRE_GPU").is_ok_and(|v| v == "1")
 }
