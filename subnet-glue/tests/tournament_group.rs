@@ -16,7 +16,7 @@ mod tasks_support;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use gradients_subnet::chain::{AccountId, ChainParams, LocalChain};
+use gradients_subnet::chain::{AccountId, Chain, ChainParams, LocalChain};
 use gradients_subnet::store::Store;
 use gradients_subnet::tournament::bootstrap::GateConfig;
 use gradients_subnet::tournament::bracket::{groups, GROUP_ADVANCE, GROUP_MAX};
@@ -25,7 +25,7 @@ use gradients_subnet::tournament::run::{
     TournamentConfig,
 };
 use gradients_subnet::tournament::settle::{register_neurons, settle};
-use gradients_subnet::tournament::store::{MatchRecord, Stage};
+use gradients_subnet::tournament::store::{self, MatchRecord, Stage};
 use gradients_subnet::tournament::TaskKind;
 use gradients_subnet::validator::{BaseModel, ValidatorOptions};
 use gradients_subnet::weights::{PARTICIPATION_WEIGHT, RANK_DECAY_BASE, TEXT_BASE_WEIGHT};
@@ -205,6 +205,9 @@ fn group_round_then_knockout_then_weights() {
     let params = ChainParams {
         commit_reveal: true,
         tempo: 30,
+        // shorter than a settle's commit → reveal → epoch, so only settle's own record can
+        // stop a rerun after a kill from settling twice (checked below)
+        weights_rate_limit: 5,
         ..ChainParams::default()
     };
     let mut chain = LocalChain::open_with(&db, &params).unwrap();
@@ -306,6 +309,23 @@ fn group_round_then_knockout_then_weights() {
     }
     let again = settle(&store, &mut chain, &o, burn).unwrap();
     assert!(again.epoch.is_none(), "weights are set once per tournament");
+    // a kill after the weights reached the chain but before the done mark: the rerun finds
+    // them there and sets nothing (the rate limit alone would not stop it: the epoch moved
+    // the clock past it)
+    store
+        .conn()
+        .execute("UPDATE tournament_runs SET chain_done = 0", [])
+        .unwrap();
+    let epochs = chain.metagraph().unwrap().epoch;
+    let again = settle(&store, &mut chain, &o, burn).unwrap();
+    assert!(again.epoch.is_none(), "settled twice after a kill");
+    assert_eq!(chain.metagraph().unwrap().epoch, epochs);
+    assert!(
+        store::load_run(&store, &o.tournament_id)
+            .unwrap()
+            .unwrap()
+            .chain_done
+    );
     let t1 = t0.elapsed();
 
     // 2. 15 of the methods, another seed: one group of 15 (the champion's method cannot

@@ -11,9 +11,11 @@
 //! - [`settle`]: tournament_weights → quantize_u16 → set_weights (the validator's hotkey,
 //!   the chain's version key; on a commit-reveal chain commit, epochs, reveal:
 //!   chain::weights_into_epoch) → the next epoch; marked done on the tournament, so a rerun of
-//!   a finished tournament never sets its weights twice. (A kill between set_weights and that
-//!   mark can leave weights set but unmarked; the rerun then meets the chain's rate limit,
-//!   which it reports as already set.)
+//!   a finished tournament never sets its weights twice. The chain and the tournament tables
+//!   are written by two connections, so the block at which settling began is recorded first:
+//!   a rerun after a kill between the weights reaching the chain and the done mark finds the
+//!   validator's `last_update` at or after that block (and no commit left to reveal) and
+//!   marks the tournament done without setting anything again.
 //!
 //! Neighbours: run.rs (the outcome), weights.rs (pools, u16), chain/ (LocalChain, Yuma).
 
@@ -105,6 +107,15 @@ pub fn settle(
         });
     }
     let hk = AccountId::from_name(VALIDATOR_HOTKEY);
+    if already_on_chain(store, chain, &o.tournament_id, &hk)? {
+        store::mark_chain_done(store, &o.tournament_id)?;
+        return Ok(Settlement {
+            pools,
+            uids,
+            values,
+            epoch: None,
+        });
+    }
     let version = chain.params().weights_version_key;
     // Set, or commit → epochs → reveal when the chain runs commit-reveal; then the epoch.
     let epoch = match weights_into_epoch(chain, &hk, &uids, &values, version) {
@@ -132,4 +143,29 @@ pub fn settle(
         values,
         epoch: Some(epoch),
     })
+}
+
+/// Whether an earlier, interrupted settle of `tournament` already put the validator's
+/// weights on `chain` (set, or committed and revealed); records the starting block when this
+/// is the first attempt. A commit still waiting for its reveal is not "on chain": the caller's
+/// `weights_into_epoch` finishes it.
+fn already_on_chain(
+    store: &Store,
+    chain: &LocalChain,
+    tournament: &str,
+    hk: &AccountId,
+) -> Result<bool> {
+    let Some(from) = store::settle_started(store, tournament)? else {
+        let block = chain.current_block().map_err(chain_err)?;
+        store::mark_settle_started(store, tournament, block)?;
+        return Ok(false);
+    };
+    if !chain.pending_commits(hk).map_err(chain_err)?.is_empty() {
+        return Ok(false);
+    }
+    let meta = chain.metagraph().map_err(chain_err)?;
+    Ok(meta
+        .neurons
+        .iter()
+        .any(|n| &n.hotkey == hk && n.last_update != 0 && n.last_update >= from))
 }

@@ -20,7 +20,8 @@ use super::Result;
 use crate::store::Store;
 
 /// Schema steps of the `tournament` component (applied by [`migrate`]).
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE tournament_runs (
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE tournament_runs (
         tournament_id TEXT PRIMARY KEY,
         seed INTEGER NOT NULL,
         settings TEXT NOT NULL,
@@ -49,7 +50,11 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE tournament_runs (
         defences INTEGER NOT NULL,
         since_tournament TEXT NOT NULL,
         updated_at INTEGER NOT NULL
-    );"];
+    );",
+    // v2: the chain block at which settling began, so a rerun after a kill between the
+    // weights reaching the chain and `chain_done` can tell that they did (settle.rs)
+    "ALTER TABLE tournament_runs ADD COLUMN settle_from_block INTEGER;",
+];
 
 /// Apply the tournament and library migrations to `store`.
 pub fn migrate(store: &Store) -> Result<()> {
@@ -347,4 +352,31 @@ pub fn mark_chain_done(store: &Store, tournament: &str) -> Result<()> {
         )
         .map_err(|e| store.err(e))?;
     Ok(())
+}
+
+/// Record that settling `tournament` began at chain block `block` (kept if already set).
+pub fn mark_settle_started(store: &Store, tournament: &str, block: u64) -> Result<()> {
+    store
+        .conn()
+        .execute(
+            "UPDATE tournament_runs SET settle_from_block = ?2
+             WHERE tournament_id = ?1 AND settle_from_block IS NULL",
+            params![tournament, block as i64],
+        )
+        .map_err(|e| store.err(e))?;
+    Ok(())
+}
+
+/// The chain block at which settling `tournament` began, if it has.
+pub fn settle_started(store: &Store, tournament: &str) -> Result<Option<u64>> {
+    let b: Option<Option<i64>> = store
+        .conn()
+        .query_row(
+            "SELECT settle_from_block FROM tournament_runs WHERE tournament_id = ?1",
+            params![tournament],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| store.err(e))?;
+    Ok(b.flatten().map(|b| b as u64))
 }
