@@ -1,6 +1,7 @@
 //! Construction of [`RopeTable`] (declared in `backend/mod.rs`): the RoPE frequencies of a
 //! [`ModelConfig`], with HF's llama3 scaling, and their cos/sin for positions `0..max_pos`,
-//! uploaded to any backend. The rotation itself is the backends' `rope` op.
+//! uploaded to any backend, and [`check_rope`], the argument checks every backend's `rope`
+//! op shares. The rotation itself is the backends' `rope` op.
 //!
 //! Numerics follow HF transformers (`LlamaRotaryEmbedding`): `inv_freq[i] =
 //! 1 / theta^(2i/d)` in f32; the llama3 rule (`_compute_llama3_parameters`) in f32; the angle
@@ -98,6 +99,46 @@ impl<B: Backend> RopeTable<B> {
             head_dim: cfg.head_dim,
         })
     }
+}
+
+/// The lengths a `rope` call needs, checked the same way by every backend: `x [n, heads,
+/// head_dim]` with an even `head_dim`, `n` positions all inside the table, `cos`/`sin` of
+/// `[max_pos, head_dim/2]`. Returns the row width `heads · head_dim`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_rope(
+    x_len: usize,
+    cos_len: usize,
+    sin_len: usize,
+    head_dim: usize,
+    max_pos: usize,
+    positions: &[u32],
+    n: usize,
+    heads: usize,
+) -> Result<usize> {
+    use crate::backend::cpu::{check_len, checked_size};
+    let op = "rope";
+    let d = head_dim;
+    let dims = || format!("n={n}, heads={heads}, head_dim={d}");
+    if d == 0 || !d.is_multiple_of(2) {
+        return Err(Error::shape(op, format!("table head_dim {d} is not even")));
+    }
+    let width = checked_size(op, &[heads, d])?;
+    check_len(op, "x", x_len, checked_size(op, &[n, width])?, dims)?;
+    check_len(op, "positions", positions.len(), n, dims)?;
+    let tlen = checked_size(op, &[max_pos, d / 2])?;
+    check_len(op, "table.cos", cos_len, tlen, dims)?;
+    check_len(op, "table.sin", sin_len, tlen, dims)?;
+    if let Some((t, &p)) = positions
+        .iter()
+        .enumerate()
+        .find(|(_, &p)| p as usize >= max_pos)
+    {
+        return Err(Error::shape(
+            op,
+            format!("token {t} has position {p}, past the table's {max_pos} positions"),
+        ));
+    }
+    Ok(width)
 }
 
 #[cfg(test)]

@@ -8,9 +8,10 @@
 
 use rayon::prelude::*;
 
-use super::{check_len, checked_size, CpuBackend, Real};
+use super::{CpuBackend, Real};
+use crate::backend::rope_table::check_rope;
 use crate::backend::RopeTable;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Rotate `x [n, heads, head_dim]` in place by the table's angles at `positions`.
 pub(crate) fn rope<T: Real>(
@@ -21,32 +22,17 @@ pub(crate) fn rope<T: Real>(
     heads: usize,
     inverse: bool,
 ) -> Result<()> {
-    let op = "rope";
-    let d = table.head_dim;
-    let half = d / 2;
-    let dims = || format!("n={n}, heads={heads}, head_dim={d}");
-    if d == 0 || !d.is_multiple_of(2) {
-        return Err(Error::shape(op, format!("table head_dim {d} is not even")));
-    }
-    let width = checked_size(op, &[heads, d])?;
-    check_len(op, "x", x.len(), checked_size(op, &[n, width])?, dims)?;
-    check_len(op, "positions", positions.len(), n, dims)?;
-    let tlen = checked_size(op, &[table.max_pos, half])?;
-    check_len(op, "table.cos", table.cos.len(), tlen, dims)?;
-    check_len(op, "table.sin", table.sin.len(), tlen, dims)?;
-    if let Some((t, &p)) = positions
-        .iter()
-        .enumerate()
-        .find(|(_, &p)| p as usize >= table.max_pos)
-    {
-        return Err(Error::shape(
-            op,
-            format!(
-                "token {t} has position {p}, past the table's {} positions",
-                table.max_pos
-            ),
-        ));
-    }
+    let (d, half) = (table.head_dim, table.head_dim / 2);
+    let width = check_rope(
+        x.len(),
+        table.cos.len(),
+        table.sin.len(),
+        d,
+        table.max_pos,
+        positions,
+        n,
+        heads,
+    )?;
     if width == 0 {
         return Ok(());
     }

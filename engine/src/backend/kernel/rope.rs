@@ -6,9 +6,10 @@
 
 use super::ops::int;
 use super::{meta_buf, Elem, KArg, KernelBackend, KernelDevice, Launch, Meta, BLOCK_THREADS};
-use crate::backend::cpu::{check_len, checked_size};
+use crate::backend::cpu::checked_size;
+use crate::backend::rope_table::check_rope;
 use crate::backend::RopeTable;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 impl<D: KernelDevice> KernelBackend<D> {
     /// `Backend::rope`: rotate `x [n, heads, head_dim]` in place by the table's angles.
@@ -22,37 +23,17 @@ impl<D: KernelDevice> KernelBackend<D> {
         inverse: bool,
     ) -> Result<()> {
         let op = "rope";
-        let d = table.head_dim;
-        let half = d / 2;
-        let dims = || format!("n={n}, heads={heads}, head_dim={d}");
-        if d == 0 || !d.is_multiple_of(2) {
-            return Err(Error::shape(op, format!("table head_dim {d} is not even")));
-        }
-        let width = checked_size(op, &[heads, d])?;
-        check_len(
-            op,
-            "x",
+        let (d, half) = (table.head_dim, table.head_dim / 2);
+        check_rope(
             self.dev.len(x),
-            checked_size(op, &[n, width])?,
-            dims,
+            self.dev.len(&table.cos),
+            self.dev.len(&table.sin),
+            d,
+            table.max_pos,
+            positions,
+            n,
+            heads,
         )?;
-        check_len(op, "positions", positions.len(), n, dims)?;
-        let tlen = checked_size(op, &[table.max_pos, half])?;
-        check_len(op, "table.cos", self.dev.len(&table.cos), tlen, dims)?;
-        check_len(op, "table.sin", self.dev.len(&table.sin), tlen, dims)?;
-        if let Some((t, &p)) = positions
-            .iter()
-            .enumerate()
-            .find(|(_, &p)| p as usize >= table.max_pos)
-        {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "token {t} has position {p}, past the table's {} positions",
-                    table.max_pos
-                ),
-            ));
-        }
         let e = self.storage(op, "x", x)?;
         self.same_elem(
             op,
