@@ -22,7 +22,7 @@
 //!   or backend is DPO-specific.
 
 use super::config::{resolve_asset, TrainConfig};
-use super::plan::{plan_epochs, shuffled_rows, StepPlan};
+use super::plan::{plan_epochs, shuffled_rows, split_by_row, StepPlan};
 use super::trainer::StopReason;
 use crate::backend::Backend;
 use crate::data::{read_records, split_indices, tokenize_dpo, DpoMapping, TextTokenizer};
@@ -149,25 +149,12 @@ impl DpoRun {
         let split = split_indices(records.len(), 42)?;
         let tokens = tokenize_dpo(tok, mapping, &records, &path)?;
         let (samples, dropped) = dpo_samples(&tokens, cfg.seq_len)?;
-        let mut by_row: Vec<Option<DpoSample>> = vec![None; records.len()];
-        for s in samples {
-            let r = s.row;
-            by_row[r] = Some(s);
-        }
-        let mut train_rows = split.train.clone();
-        train_rows.sort_unstable();
-        let train: Vec<DpoSample> = train_rows
-            .iter()
-            .filter_map(|&r| by_row[r].take())
-            .collect();
-        let mut test: Vec<DpoSample> = split
-            .test
-            .iter()
-            .filter_map(|&r| by_row[r].take())
-            .collect();
-        if let Some(n) = cfg.eval_samples {
-            test.truncate(n);
-        }
+        let (train, test) = split_by_row(
+            samples.into_iter().map(|s| (s.row, s)),
+            records.len(),
+            &split,
+            cfg.eval_samples,
+        );
         if train.is_empty() {
             return Err(Error::config(
                 path.display().to_string(),

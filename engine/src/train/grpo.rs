@@ -32,7 +32,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::{resolve_asset, TrainConfig};
-use super::plan::{plan_epochs, shuffled_rows, StepPlan};
+use super::plan::{plan_epochs, shuffled_rows, split_by_row, StepPlan};
 use super::trainer::StopReason;
 use crate::backend::Backend;
 use crate::data::grpo::{grpo_prompts, GrpoMapping, GrpoPrompt};
@@ -227,29 +227,15 @@ impl GrpoRun {
         let split = split_indices(records.len(), 42)?;
         let prompts = grpo_prompts(tok, mapping, &records, &path)?;
         let mut dropped = 0;
-        let mut by_row: Vec<Option<GrpoPrompt>> = vec![None; records.len()];
+        let mut kept = Vec::new();
         for p in prompts {
             if p.ids.len() < cfg.seq_len {
-                let r = p.row;
-                by_row[r] = Some(p);
+                kept.push((p.row, p));
             } else {
                 dropped += 1;
             }
         }
-        let mut train_rows = split.train.clone();
-        train_rows.sort_unstable();
-        let train: Vec<GrpoPrompt> = train_rows
-            .iter()
-            .filter_map(|&r| by_row[r].take())
-            .collect();
-        let mut test: Vec<GrpoPrompt> = split
-            .test
-            .iter()
-            .filter_map(|&r| by_row[r].take())
-            .collect();
-        if let Some(n) = cfg.eval_samples {
-            test.truncate(n);
-        }
+        let (train, test) = split_by_row(kept, records.len(), &split, cfg.eval_samples);
         if train.is_empty() {
             return Err(Error::config(
                 path.display().to_string(),

@@ -105,6 +105,37 @@ pub(crate) fn plan_epochs(
     Ok((plan, reason))
 }
 
+/// Items made from dataset rows (`(row, item)`, at most one per row) divided by `split`: the
+/// train items in row order, the test items in the split's order, at most `eval_samples` of
+/// them. Rows without an item (dropped by tokenisation or length) are skipped. Shared by the
+/// DPO and GRPO runs.
+pub(crate) fn split_by_row<T>(
+    items: impl IntoIterator<Item = (usize, T)>,
+    n_rows: usize,
+    split: &crate::data::Split,
+    eval_samples: Option<usize>,
+) -> (Vec<T>, Vec<T>) {
+    let mut by_row: Vec<Option<T>> = (0..n_rows).map(|_| None).collect();
+    for (r, item) in items {
+        by_row[r] = Some(item);
+    }
+    let mut train_rows = split.train.clone();
+    train_rows.sort_unstable();
+    let train = train_rows
+        .iter()
+        .filter_map(|&r| by_row[r].take())
+        .collect();
+    let mut test: Vec<T> = split
+        .test
+        .iter()
+        .filter_map(|&r| by_row[r].take())
+        .collect();
+    if let Some(n) = eval_samples {
+        test.truncate(n);
+    }
+    (train, test)
+}
+
 /// Build the batch of one micro-batch.
 pub fn micro_batch(
     train: &[TokenizedSample],
