@@ -83,3 +83,20 @@ fn llama_steps_match_cpu_and_repeat_bit_for_bit() {
         model::assert_bit_identical(&a, &b);
     }
 }
+
+/// Mixed precision on the GPU (bf16 weights, activations and tensor-core GEMMs; f32 LoRA,
+/// gradients and AdamW): tracks the f32 CPU run within bf16's rounding, as on the emulator
+/// (tests/kernel_backend.rs), and two GPU runs are bit-identical.
+#[test]
+fn llama_steps_in_bf16_track_cpu_and_repeat_bit_for_bit() {
+    let Some(be) = gpu() else { return };
+    let be = be
+        .clone()
+        .with_precision(gradients_engine::backend::Precision::Bf16);
+    for hd in [32, 64, 128] {
+        let a = model::run(&be, hd);
+        let (_, _, init, _) = model::setup(hd);
+        model::assert_tracks_bf16(&a, &model::reference(hd), &init);
+        model::assert_bit_identical(&a, &model::run(&be, hd));
+    }
+}

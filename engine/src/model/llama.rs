@@ -138,7 +138,7 @@ fn upload_layer<B: Backend>(
         cfg.kv_dim(),
         cfg.intermediate_size,
     );
-    let up = |t: &Tensor| be.upload(&t.data);
+    let up = |t: &Tensor| be.upload_compute(&t.data);
     let LayerWeights {
         attn_norm,
         wq,
@@ -199,7 +199,7 @@ impl<B: Backend> Llama<B> {
     /// Upload `w` (checked against `cfg`) to `be`.
     pub fn new(be: B, cfg: &ModelConfig, w: &ModelWeights) -> Result<Self> {
         check_top(cfg, w)?;
-        let up = |t: &Tensor| be.upload(&t.data);
+        let up = |t: &Tensor| be.upload_compute(&t.data);
         let layers = w
             .layers
             .iter()
@@ -230,13 +230,13 @@ impl<B: Backend> Llama<B> {
             final_norm,
             lm_head,
         } = w;
-        let embed = be.upload(&embed.data)?; // the host tensor is dropped here
+        let embed = be.upload_compute(&embed.data)?; // the host tensor is dropped here
         let mut layers = Vec::with_capacity(host_layers.len());
         for (i, l) in host_layers.into_iter().enumerate() {
             layers.push(upload_layer(&be, cfg, i, &l)?);
         }
-        let final_norm = be.upload(&final_norm.data)?;
-        let lm_head = lm_head.map(|t| be.upload(&t.data)).transpose()?;
+        let final_norm = be.upload_compute(&final_norm.data)?;
+        let lm_head = lm_head.map(|t| be.upload_compute(&t.data)).transpose()?;
         release_freed_heap();
         Ok(Llama {
             embed,
@@ -545,7 +545,7 @@ impl<B: Backend> Llama<B> {
         let h = self.cfg.hidden_size;
         let plan = self.used_plan(used)?;
         let xf = self.be.download(&plan.xf)?;
-        let last = self.be.upload(&xf[(ids.len() - 1) * h..])?;
+        let last = self.be.upload_compute(&xf[(ids.len() - 1) * h..])?;
         let mut logits = self.be.alloc(self.cfg.vocab_size)?;
         let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
         self.be.gemm(
@@ -588,7 +588,7 @@ impl<B: Backend> Llama<B> {
         let rows = ids.len() - start;
         let plan = self.used_plan(used)?;
         let xf = self.be.download(&plan.xf)?;
-        let tail = self.be.upload(&xf[start * h..ids.len() * h])?;
+        let tail = self.be.upload_compute(&xf[start * h..ids.len() * h])?;
         let mut logits = self.be.alloc(rows * vocab)?;
         let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
         self.be.gemm(
