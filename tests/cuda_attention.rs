@@ -10,9 +10,9 @@
 
 use std::sync::OnceLock;
 
+use gradients_engine::backend::attention_dims::check_starts;
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::backend::cuda::{CudaBackend, CudaBuf};
-use gradients_engine::backend::kernel::check_starts;
 use gradients_engine::backend::Backend;
 use gradients_engine::DType;
 use half::bf16;

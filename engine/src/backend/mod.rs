@@ -12,6 +12,7 @@
 //! - Every op is deterministic: the same inputs give bit-identical outputs whatever the number
 //!   of threads (fixed reduction orders, partitions that depend on the problem size only).
 
+pub mod attention_dims; // check_starts; AttnDims: the attention argument checks every backend shares
 pub mod cpu; // CpuBackend: reference semantics
 #[cfg(feature = "cuda")]
 pub mod cuda; // CudaBackend (KernelBackend<CudaDevice>), CudaRuntime, CudaBuf, Gemm, probe; KERNELS_FATBIN

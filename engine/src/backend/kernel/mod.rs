@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use half::bf16;
 
-pub use attention::{backward_smem_bytes, backward_tiles, check_starts, forward_tiled};
+pub use attention::{backward_smem_bytes, backward_tiles, forward_tiled};
 pub use emu::{EmuBuf, EmuDevice};
 pub use table::{kernel_names, signature, Param};
 

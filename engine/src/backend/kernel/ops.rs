@@ -7,6 +7,7 @@
 
 use super::BLOCK_THREADS;
 use super::{meta_buf, scratch, Elem, GemmShape, KArg, KernelBackend, KernelDevice, Launch, Meta};
+use crate::backend::attention_dims::AttnDims;
 use crate::backend::cpu::adamw::Hyper;
 use crate::backend::cpu::{check_len, checked_size, dropout_threshold};
 use crate::backend::{Backend, RopeTable};
@@ -386,15 +387,8 @@ impl<D: KernelDevice> Backend for KernelBackend<D> {
         kv_heads: usize,
         hd: usize,
     ) -> Result<()> {
-        let d = super::attention::Dims::new(
-            "attention_forward",
-            starts,
-            batch,
-            seq,
-            heads,
-            kv_heads,
-            hd,
-        )?;
+        let d = AttnDims::new("attention_forward", starts, batch, seq, heads, kv_heads, hd)?;
+        let d = super::attention::Dims::new(d)?;
         self.attn_forward(&d, out, lse, q, k, v, starts)
     }
 
@@ -416,7 +410,7 @@ impl<D: KernelDevice> Backend for KernelBackend<D> {
         kv_heads: usize,
         hd: usize,
     ) -> Result<()> {
-        let d = super::attention::Dims::new(
+        let d = AttnDims::new(
             "attention_backward",
             starts,
             batch,
@@ -425,6 +419,7 @@ impl<D: KernelDevice> Backend for KernelBackend<D> {
             kv_heads,
             hd,
         )?;
+        let d = super::attention::Dims::new(d)?;
         let grads = super::attention::Grads { dq, dk, dv };
         let saved = super::attention::Saved {
             dout,
