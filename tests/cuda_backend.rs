@@ -57,6 +57,12 @@ fn block_ops_match_cpu() {
 }
 
 #[test]
+fn sum_squares_each_is_bit_identical_to_one_call_per_tensor() {
+    let Some(be) = gpu() else { return };
+    ops::sum_squares_each(be);
+}
+
+#[test]
 fn attention_matches_cpu_for_every_head_dim() {
     let Some(be) = gpu() else { return };
     for hd in [32, 64, 128, 16] {
