@@ -1,5 +1,6 @@
 // kernels/norm.cu: deterministic sum of squares of fp32 tensors (global gradient norm for
-// clipping), in two passes and without float atomics. Neighbours: common.cuh, adamw.cu.
+// clipping), in two passes and without float atomics; the second pass for one tensor or for
+// a list of tensors in one launch. Neighbours: common.cuh, adamw.cu.
 #include "common.cuh"
 
 // Number of partial sums for a tensor of `len` values: ceil(len / NORM_CHUNK), at most
@@ -24,13 +25,36 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
+// Σ partials[0..count) in f64, the same for every caller: thread k sums partials k,
+// k+blockDim, … in order, then block_sum. Every thread of the block must call it.
+__device__ __forceinline__ double sum_range_f64(const double* __restrict__ partials, int count,
+                                                double* scratch) {
+  double acc = 0.0;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partials[i];
+  return block_sum(acc, scratch);
+}
+
 // Pass 2: out[0] = Σ partials[0..count) in f64. Launch: grid (1), block (BLOCK_THREADS).
-// Thread k sums partials k, k+blockDim, … in order, then block_sum. Deterministic.
+// Deterministic (sum_range_f64).
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
     sum_partials_f64(double* __restrict__ out, const double* __restrict__ partials, int count) {
   __shared__ double scratch[32];
-  double acc = 0.0;
-  for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partials[i];
-  const double s = block_sum(acc, scratch);
+  const double s = sum_range_f64(partials, count, scratch);
   if (threadIdx.x == 0) out[0] = s;
+}
+
+// Pass 2 for many tensors at once: out[b] = Σ partials[offsets[b]..offsets[b+1]) in f64 for
+// b < segments (offsets holds segments+1 ascending values; an empty range gives 0). Launch:
+// grid (segments), block (BLOCK_THREADS). Block b reduces its range exactly as
+// sum_partials_f64 reduces that range on its own (sum_range_f64), so out[b] is bit-identical
+// to the one-tensor pass; the host downloads all of out at once.
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
+    sum_segments_f64(double* __restrict__ out, const double* __restrict__ partials,
+                     const int* __restrict__ offsets, int segments) {
+  __shared__ double scratch[32];
+  const int b = blockIdx.x;
+  if (b >= segments) return;
+  const int lo = offsets[b];
+  const double s = sum_range_f64(partials + lo, offsets[b + 1] - lo, scratch);
+  if (threadIdx.x == 0) out[b] = s;
 }

@@ -8,11 +8,13 @@
 //! Run: `cargo test --features cuda --test cuda_attention`.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use std::sync::OnceLock;
 
+use gradients_engine::backend::attention_dims::check_starts;
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::backend::cuda::{CudaBackend, CudaBuf};
-use gradients_engine::backend::kernel::check_starts;
 use gradients_engine::backend::Backend;
 use gradients_engine::DType;
 use half::bf16;
@@ -21,15 +23,7 @@ use half::bf16;
 /// there is none.
 fn gpu() -> Option<&'static CudaBackend> {
     static BE: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-    match BE.get_or_init(|| CudaBackend::on_gpu(0).map_err(|e| e.to_string())) {
-        Ok(be) => Some(be),
-        Err(why) => {
-            let required = std::env::var("GRADIENTS_REQUIRE_GPU").is_ok_and(|v| v == "1");
-            assert!(!required, "GRADIENTS_REQUIRE_GPU=1 but: {why}");
-            eprintln!("skipping GPU test: {why}");
-            None
-        }
-    }
+    common::gpu_or_skip(BE.get_or_init(|| CudaBackend::on_gpu(0).map_err(|e| e.to_string())))
 }
 
 /// SplitMix64 stream of uniform f32 in [-scale, scale).

@@ -22,15 +22,7 @@ use gradients_engine::backend::kernel::kernel_names;
 /// The CUDA backend on GPU 0, shared by the tests; `None` (reason printed) without a GPU.
 fn gpu() -> Option<&'static CudaBackend> {
     static BE: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-    match BE.get_or_init(|| CudaBackend::on_gpu(0).map_err(|e| e.to_string())) {
-        Ok(be) => Some(be),
-        Err(why) => {
-            let required = std::env::var("GRADIENTS_REQUIRE_GPU").is_ok_and(|v| v == "1");
-            assert!(!required, "GRADIENTS_REQUIRE_GPU=1 but: {why}");
-            eprintln!("skipping GPU test: {why}");
-            None
-        }
-    }
+    common::gpu_or_skip(BE.get_or_init(|| CudaBackend::on_gpu(0).map_err(|e| e.to_string())))
 }
 
 #[test]
@@ -62,6 +54,12 @@ fn elementwise_gemm_adamw_match_cpu() {
 fn block_ops_match_cpu() {
     let Some(be) = gpu() else { return };
     ops::block_ops(be);
+}
+
+#[test]
+fn sum_squares_each_is_bit_identical_to_one_call_per_tensor() {
+    let Some(be) = gpu() else { return };
+    ops::sum_squares_each(be);
 }
 
 #[test]

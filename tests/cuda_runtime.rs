@@ -91,3 +91,6 @@ fn resolve_without_the_feature_falls_back() {
 #[cfg(feature = "cuda")]
 #[path = "cuda_runtime/gpu.rs"]
 mod gpu;
+
+#[cfg(feature = "cuda")]
+mod common;

@@ -12,8 +12,10 @@ mod model;
 #[path = "kernel_backend/ops.rs"]
 mod ops;
 
+use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::backend::kernel::{check_args, EmuDevice, KArg, KernelBackend, KernelDevice};
 use gradients_engine::backend::{Backend, Precision};
+use gradients_engine::DType;
 
 fn emu() -> KernelBackend<EmuDevice> {
     KernelBackend::new(EmuDevice)
@@ -27,6 +29,18 @@ fn elementwise_gemm_adamw_match_cpu() {
 #[test]
 fn block_ops_match_cpu() {
     ops::block_ops(&emu());
+}
+
+#[test]
+fn sum_squares_each_is_bit_identical_to_one_call_per_tensor() {
+    ops::sum_squares_each(&emu());
+    ops::sum_squares_each(&CpuBackend::<f32>::new());
+    // a bf16 buffer among the f32 ones is named
+    let be = emu();
+    let a = be.upload(&[1.0; 4]).unwrap();
+    let b = be.upload_as(DType::BF16, &[1.0; 4]).unwrap();
+    let e = be.sum_squares_each(&[&a, &b]).unwrap_err().to_string();
+    assert!(e.contains("sum_squares_each") && e.contains("xs[1]"), "{e}");
 }
 
 #[test]

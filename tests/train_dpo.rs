@@ -9,7 +9,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{lora_config, random_ids, random_lora, random_weights, tiny_config, unif};
+use common::{
+    lora_config, random_ids, random_lora, random_weights, tiny_config, tiny_run_config, unif,
+};
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::data::{DpoMapping, DpoTokens, Mapping};
 use gradients_engine::eval::dpo::{log_sigmoid, pair_logps, score_dpo, sigmoid};
@@ -43,32 +45,13 @@ fn write(dir: &Path, rows: &[serde_json::Value]) -> PathBuf {
 }
 
 fn model() -> (ModelConfig, ModelWeights) {
-    let cfg = tiny_config(Arch::Llama, 2, true);
-    let w = random_weights(&cfg, 7);
-    (cfg, w)
+    common::tiny_model(true, 7)
 }
 
 fn config(data: &Path, out: &Path, extra: &str) -> TrainConfig {
-    let text = format!(
-        r#"
-model = "unused"
-dataset = "{}"
-output_dir = "{}"
-seq_len = 48
-{extra}
-[mapping]
-task_type = "dpo"
-prompt_format = "{{prompt}}: "
-[lora]
-r = 4
-alpha = 8
-[optimizer]
-lr = 0.01
-"#,
-        data.display(),
-        out.display(),
-    );
-    TrainConfig::from_toml(&text, "test config").unwrap()
+    let mapping = "task_type = \"dpo\"\nprompt_format = \"{prompt}: \"";
+    let top = format!("seq_len = 48\n{extra}");
+    tiny_run_config(data, out, &top, mapping, "[optimizer]\nlr = 0.01").unwrap()
 }
 
 fn run(cfg: &TrainConfig, opts: &RunOptions) -> TrainSummary {

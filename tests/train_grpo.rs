@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{lora_config, random_ids, random_lora, random_weights, tiny_config};
+use common::{lora_config, random_ids, random_lora, random_weights, tiny_config, tiny_run_config};
 use common::{train_tiny, LetterTok};
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::data::{grpo_prompts, read_records, GrpoMapping, Mapping};
@@ -30,39 +30,18 @@ fn write_rows(dir: &Path) -> PathBuf {
 }
 
 fn model() -> (ModelConfig, ModelWeights) {
-    let cfg = tiny_config(Arch::Llama, 2, false);
-    let w = random_weights(&cfg, 21);
-    (cfg, w)
+    common::tiny_model(false, 21)
 }
 
 fn config(data: &Path, out: &Path, extra: &str) -> TrainConfig {
-    let text = format!(
-        r#"
-model = "unused"
-dataset = "{}"
-output_dir = "{}"
-seq_len = 24
-micro_batch = 4
-{extra}
-[mapping]
-task_type = "grpo"
-prompt_format = "{{prompt}}: "
+    let mapping = r#"task_type = "grpo"
+prompt_format = "{prompt}: "
 [[mapping.rewards]]
 kind = "contains"
-text = "x"
-[lora]
-r = 4
-alpha = 8
-[optimizer]
-lr = 0.03
-[grpo]
-num_generations = 8
-max_new_tokens = 6
-"#,
-        data.display(),
-        out.display(),
-    );
-    TrainConfig::from_toml(&text, "test config").unwrap()
+text = "x""#;
+    let rest = "[optimizer]\nlr = 0.03\n[grpo]\nnum_generations = 8\nmax_new_tokens = 6";
+    let top = format!("seq_len = 24\nmicro_batch = 4\n{extra}");
+    tiny_run_config(data, out, &top, mapping, rest).unwrap()
 }
 
 fn run(cfg: &TrainConfig) -> TrainSummary {

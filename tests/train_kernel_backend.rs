@@ -10,26 +10,14 @@ mod common;
 
 use std::path::Path;
 
-use common::{random_weights, tiny_config, LetterTok};
+use common::{random_weights, tiny_config, tiny_run_config, write_animal_dataset};
+use common::{LetterTok, INSTRUCT_MAPPING};
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::backend::kernel::{EmuDevice, KernelBackend};
 use gradients_engine::backend::{Backend, Precision};
 use gradients_engine::lora::LoraWeights;
 use gradients_engine::model::Arch;
-use gradients_engine::train::{train_model_on, RunOptions, StepRecord, TrainConfig};
-
-fn write_dataset(dir: &Path) -> std::path::PathBuf {
-    let words = ["cat", "dog", "bird", "fish", "frog", "cow"];
-    let rows: Vec<serde_json::Value> = (0..24)
-        .map(|i| {
-            let w = words[i % words.len()];
-            serde_json::json!({"instruction": format!("say {w} twice"), "input": "", "output": format!("{w} {w}.")})
-        })
-        .collect();
-    let path = dir.join("data.json");
-    std::fs::write(&path, serde_json::to_string(&rows).unwrap()).unwrap();
-    path
-}
+use gradients_engine::train::{train_model_on, RunOptions, StepRecord};
 
 /// Runs the training on `be` into `out`; returns the step records and the summary's test
 /// losses and final adapter.
@@ -41,32 +29,9 @@ fn run<B: Backend + Clone>(be: B, data: &Path, out: &Path) -> (Vec<StepRecord>, 
     mcfg.head_dim = 32;
     mcfg.intermediate_size = 96;
     let w = random_weights(&mcfg, 9);
-    let text = format!(
-        r#"
-model = "unused"
-dataset = "{}"
-output_dir = "{}"
-seq_len = 32
-micro_batch = 2
-grad_accum = 2
-max_steps = 2
-eval_samples = 3
-[mapping]
-task_type = "instruct"
-field_instruction = "instruction"
-field_input = "input"
-field_output = "output"
-[lora]
-r = 4
-alpha = 8
-dropout = 0.1
-[optimizer]
-lr = 0.01
-"#,
-        data.display(),
-        out.display()
-    );
-    let cfg = TrainConfig::from_toml(&text, "test config").unwrap();
+    let rest = "dropout = 0.1\n[optimizer]\nlr = 0.01";
+    let top = "seq_len = 32\nmicro_batch = 2\ngrad_accum = 2\nmax_steps = 2\neval_samples = 3";
+    let cfg = tiny_run_config(data, out, top, INSTRUCT_MAPPING, rest).unwrap();
     let mut steps = Vec::new();
     let mut on_event = |e: gradients_engine::train::Event<'_>| {
         if let gradients_engine::train::Event::Step(r) = e {
@@ -110,7 +75,7 @@ enum AdapterTol {
 /// returns the kernel run.
 fn matches_cpu(be: KernelBackend<EmuDevice>, tol: Tol) -> (Vec<StepRecord>, f64, LoraWeights) {
     let dir = tempfile::tempdir().unwrap();
-    let data = write_dataset(dir.path());
+    let data = write_animal_dataset(dir.path(), 6, 24);
     let (cs, ct, cw) = run(CpuBackend::<f32>::new(), &data, &dir.path().join("cpu"));
     let (ks, kt, kw) = run(be, &data, &dir.path().join("emu"));
     assert_eq!(cs.len(), 2);
@@ -181,7 +146,7 @@ fn bf16_training_tracks_the_cpu_backend_and_repeats() {
     };
     let (s1, t1, w1) = matches_cpu(bf16(), tol);
     let dir = tempfile::tempdir().unwrap();
-    let data = write_dataset(dir.path());
+    let data = write_animal_dataset(dir.path(), 6, 24);
     let (s2, t2, w2) = run(bf16(), &data, &dir.path().join("again"));
     let key = |s: &[StepRecord]| {
         s.iter()

@@ -11,72 +11,34 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use common::{random_weights, tiny_config};
+use common::{tiny_run_config, INSTRUCT_MAPPING};
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::data::{InstructMapping, Mapping, TextTokenizer, TokenizedSample};
 use gradients_engine::eval::evaluate;
 use gradients_engine::lora::{LoraState, LoraWeights};
-use gradients_engine::model::{Arch, Llama, ModelConfig, ModelWeights};
+use gradients_engine::model::{Llama, ModelConfig, ModelWeights};
 use gradients_engine::train::{RunOptions, StopReason, TrainConfig, TrainSummary};
 
 use common::{train_tiny, LetterTok};
 
-const WORDS: [&str; 10] = [
-    "cat", "dog", "bird", "fish", "frog", "cow", "duck", "goat", "lamb", "mole",
-];
-
 /// 40 rows: "say the animal N" → the animal's name twice.
 fn write_dataset(dir: &Path) -> PathBuf {
-    let rows: Vec<serde_json::Value> = (0..40)
-        .map(|i| {
-            let w = WORDS[i % WORDS.len()];
-            serde_json::json!({
-                "instruction": format!("say {} twice", w),
-                "input": "",
-                "output": format!("{w} {w}."),
-            })
-        })
-        .collect();
-    let path = dir.join("data.json");
-    std::fs::write(&path, serde_json::to_string(&rows).unwrap()).unwrap();
-    path
+    common::write_animal_dataset(dir, 10, 40)
 }
 
 fn model() -> (ModelConfig, ModelWeights) {
-    let cfg = tiny_config(Arch::Llama, 2, true);
-    let w = random_weights(&cfg, 7);
-    (cfg, w)
+    common::tiny_model(true, 7)
 }
 
 /// A config over `data` writing into `out`; `extra` is TOML appended at the top level.
 fn config(data: &Path, out: &Path, extra: &str) -> TrainConfig {
-    let text = format!(
-        r#"
-model = "unused"
-dataset = "{}"
-output_dir = "{}"
-{seq}
-{extra}
-[mapping]
-task_type = "instruct"
-field_instruction = "instruction"
-field_input = "input"
-field_output = "output"
-[lora]
-r = 4
-alpha = 8
-[optimizer]
-lr = 0.01
-"#,
-        data.display(),
-        out.display(),
-        seq = if extra.contains("seq_len") {
-            ""
-        } else {
-            "seq_len = 64"
-        },
-    );
-    TrainConfig::from_toml(&text, "test config").unwrap()
+    let seq = if extra.contains("seq_len") {
+        ""
+    } else {
+        "seq_len = 64"
+    };
+    let top = format!("{seq}\n{extra}");
+    tiny_run_config(data, out, &top, INSTRUCT_MAPPING, "[optimizer]\nlr = 0.01").unwrap()
 }
 
 fn run(cfg: &TrainConfig, opts: &RunOptions) -> TrainSummary {
@@ -381,10 +343,14 @@ fn samples(n: usize) -> Vec<TokenizedSample> {
     (0..n)
         .map(|i| {
             let p = tok
-                .encode(&format!("say {} twice ", WORDS[i % 10]))
+                .encode(&format!("say {} twice ", common::ANIMALS[i % 10]))
                 .unwrap();
             let c = tok
-                .encode(&format!("{} {}.", WORDS[(i * 3) % 10], WORDS[i % 10]))
+                .encode(&format!(
+                    "{} {}.",
+                    common::ANIMALS[(i * 3) % 10],
+                    common::ANIMALS[i % 10]
+                ))
                 .unwrap();
             let mut ids = p.clone();
             ids.extend(&c);

@@ -7,11 +7,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{random_weights, tiny_config};
+use common::{tiny_run_config, INSTRUCT_MAPPING};
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::eval::evaluate;
 use gradients_engine::lora::{LoraState, LoraWeights};
-use gradients_engine::model::{Arch, Llama, ModelConfig, ModelWeights};
+use gradients_engine::model::{Llama, ModelConfig, ModelWeights};
 use gradients_engine::train::checkpoint::BestRecord;
 use gradients_engine::train::plan::prepare_data;
 use gradients_engine::train::{RunOptions, TrainConfig, TrainSummary};
@@ -19,51 +19,20 @@ use gradients_engine::Result;
 
 use common::{train_tiny, LetterTok};
 
-/// 40 rows: "say N twice" → N twice, for ten animal names.
+/// 40 rows: "say N twice" → N twice, for eight animal names.
 fn write_dataset(dir: &Path) -> PathBuf {
-    let words = ["cat", "dog", "bird", "fish", "frog", "cow", "duck", "goat"];
-    let rows: Vec<serde_json::Value> = (0..40)
-        .map(|i| {
-            let w = words[i % words.len()];
-            serde_json::json!({"instruction": format!("say {w} twice"), "output": format!("{w} {w}.")})
-        })
-        .collect();
-    let path = dir.join("data.json");
-    std::fs::write(&path, serde_json::to_string(&rows).unwrap()).unwrap();
-    path
+    common::write_animal_dataset(dir, 8, 40)
 }
 
 fn model() -> (ModelConfig, ModelWeights) {
-    let cfg = tiny_config(Arch::Llama, 2, true);
-    let w = random_weights(&cfg, 7);
-    (cfg, w)
+    common::tiny_model(true, 7)
 }
 
 /// A run over `data` into `out`; `extra` is TOML at the top level. A learning rate so high
 /// that the test loss does not fall steadily (the best is not the last).
 fn config(data: &Path, out: &Path, extra: &str) -> Result<TrainConfig> {
-    let text = format!(
-        r#"
-model = "unused"
-dataset = "{}"
-output_dir = "{}"
-seq_len = 48
-micro_batch = 2
-{extra}
-[mapping]
-task_type = "instruct"
-field_instruction = "instruction"
-field_output = "output"
-[lora]
-r = 4
-alpha = 8
-[optimizer]
-lr = 0.5
-"#,
-        data.display(),
-        out.display(),
-    );
-    TrainConfig::from_toml(&text, "test config")
+    let top = format!("seq_len = 48\nmicro_batch = 2\n{extra}");
+    tiny_run_config(data, out, &top, INSTRUCT_MAPPING, "[optimizer]\nlr = 0.5")
 }
 
 fn run(cfg: &TrainConfig, opts: &RunOptions) -> TrainSummary {

@@ -93,6 +93,8 @@ EMU_LAUNCHER(cast_f32_to_bf16, (bf16 * dst, const float* src, size_t len), (dst,
 EMU_LAUNCHER(cast_bf16_to_f32, (float* dst, const bf16* src, size_t len), (dst, src, len))
 EMU_LAUNCHER(sumsq_partials_f32, (double* partials, const float* x, size_t len), (partials, x, len))
 EMU_LAUNCHER(sum_partials_f64, (double* out, const double* partials, int count), (out, partials, count))
+EMU_LAUNCHER(sum_segments_f64, (double* out, const double* partials, const int* offsets, int segments),
+             (out, partials, offsets, segments))
 EMU_LAUNCHER(selftest_block_reduce, (float* out, const float* in), (out, in))
 EMU_LAUNCHER(selftest_warp, (int* out, const int* in), (out, in))
 EMU_LAUNCHER(selftest_atomics, (int* counter, float* fsum, const int* in), (counter, fsum, in))

@@ -4,24 +4,18 @@
 //! the reveal; revealing too early, with a wrong salt, twice, or too late fails with a clear
 //! message; the revealed weights drive the next epoch; an 11th pending commit is refused.
 
+mod cli_support;
+
 use std::path::Path;
-use std::process::Command;
 
 use gradients_subnet::chain::{commit_hash, AccountId, PendingReveal};
 use gradients_subnet::weights::quantize_u16;
 
+use cli_support::gradients;
+
 /// Run `gradients chain ARGS`: (success, stdout, stderr).
 fn chain(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gradients"))
-        .arg("chain")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    gradients(&[&["chain"], args].concat())
 }
 
 fn ok(args: &[&str]) -> String {

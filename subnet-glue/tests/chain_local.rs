@@ -3,6 +3,8 @@
 //! cut, persistence across reopen, coexistence with other components' tables, and the
 //! `gradients chain` command line.
 
+mod cli_support;
+
 use gradients_subnet::chain::{commit_hash, AccountId, Chain, ChainParams, LocalChain, Reject};
 use gradients_subnet::weights::{quantize_u16, tournament_weights, PoolInput};
 
@@ -285,16 +287,7 @@ fn cli_register_set_weights_epoch_metagraph() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cli.db");
     let db = db.to_str().unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gradients"))
-            .arg("chain")
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let err = String::from_utf8_lossy(&out.stderr).to_string();
-        (out.status.success(), text, err)
-    };
+    let run = |args: &[&str]| cli_support::gradients(&[&["chain"], args].concat());
     assert!(run(&["init", "--db", db, "--tempo", "20"]).0);
     assert!(run(&["register", "--db", db, "--hotkey", "val", "--stake", "1000"]).0);
     assert!(run(&["register", "--db", db, "--hotkey", "miner-a"]).0);

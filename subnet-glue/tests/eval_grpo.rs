@@ -4,28 +4,23 @@
 //! and a row missing its prompt column fails naming the row. Skips (printing why) when the
 //! assets are unavailable.
 
-use std::process::Command;
+mod cli_support;
+
 use std::time::Instant;
 
 use gradients_engine::assets;
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::data::{grpo_prompts, read_records, Mapping};
 use gradients_engine::eval::{evaluate_grpo, GrpoEvalOptions};
-use gradients_engine::lora::{LoraConfig, LoraState, LoraWeights, Target};
+use gradients_engine::lora::LoraState;
 use gradients_engine::model::load::load_model;
 use gradients_engine::model::Llama;
 
+use cli_support::{gradients, save_patterned_adapter};
+
+/// Run `gradients eval ARGS`: (success, stdout, stderr).
 fn eval(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gradients"))
-        .arg("eval")
-        .args(args)
-        .output()
-        .expect("gradients runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    gradients(&[&["eval"], args].concat())
 }
 
 const MAPPING: &str = r#"
@@ -86,21 +81,7 @@ fn eval_prints_grpo_rewards_and_kl() {
 
     // a random adapter: the CLI prints exactly what the engine computes
     let loaded = load_model(&model).unwrap();
-    let lcfg = LoraConfig {
-        rank: 2,
-        alpha: 4.0,
-        dropout: 0.0,
-        targets: vec![Target::Q, Target::V],
-        use_rslora: false,
-    };
-    let mut lw = LoraWeights::init(&loaded.config, &lcfg, 1).unwrap();
-    for p in lw.pairs_mut() {
-        for (i, b) in p.b.data.iter_mut().enumerate() {
-            *b = 0.02 * ((i % 7) as f32 - 3.0);
-        }
-    }
-    let adapter = dir.path().join("adapter");
-    lw.save(&adapter, "SmolLM2-135M-Instruct").unwrap();
+    let (lw, adapter) = save_patterned_adapter(&loaded.config, dir.path(), "SmolLM2-135M-Instruct");
     let mut args = common.to_vec();
     args.extend(["--adapter", adapter.to_str().unwrap()]);
     let t0 = Instant::now();

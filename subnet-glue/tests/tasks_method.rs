@@ -2,10 +2,10 @@
 //! hash that ignores formatting; unknown fields, out-of-range values and wrong types named;
 //! `gradients method check` and `gradients task create|list|show` on real files.
 
+mod cli_support;
 mod tasks_support;
 
-use std::process::Command;
-
+use cli_support::gradients;
 use gradients_subnet::method::{CheckpointPolicy, Method};
 
 #[test]
@@ -134,18 +134,6 @@ fn bad_methods_name_the_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`train.packing`: invalid type"), "{e}");
-}
-
-fn gradients(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gradients"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
 }
 
 #[test]

@@ -19,12 +19,8 @@ mod tournament_support;
 use gradients_subnet::chain::LocalChain;
 use gradients_subnet::library;
 use gradients_subnet::store::Store;
-use gradients_subnet::tournament::bootstrap::GateConfig;
 use gradients_subnet::tournament::boss::{margin, Side};
-use gradients_subnet::tournament::run::{
-    run_tournament, submissions_from_paths, Event, Outcome, Submission, TaskSource,
-    TournamentConfig,
-};
+use gradients_subnet::tournament::run::{submissions_from_paths, TaskSource, TournamentConfig};
 use gradients_subnet::tournament::settle::{register_neurons, settle};
 use gradients_subnet::tournament::store::Stage;
 use gradients_subnet::tournament::TaskKind;
@@ -41,34 +37,7 @@ fn config(
     v.max_eval_samples = Some(EVAL_SAMPLES);
     v.eval_seq_len = Some(EVAL_SEQ_LEN);
     v.eval_batch = 4;
-    TournamentConfig {
-        tournament_id: None,
-        seed,
-        base_model: model.to_path_buf(),
-        sources: vec![TaskSource {
-            kind: TaskKind::Instruct,
-            dataset: data.to_path_buf(),
-            mapping: serde_json::from_str(
-                r#"{"task_type": "instruct", "field_instruction": "instruction",
-                    "field_input": "input", "field_output": "output"}"#,
-            )
-            .unwrap(),
-            grpo: None,
-        }],
-        boss_tasks: 2,
-        gate: GateConfig::default(),
-        validator: v,
-        hours_to_complete: 1.0,
-    }
-}
-
-fn play(store: &Store, base: &BaseModel, cfg: &TournamentConfig, subs: &[Submission]) -> Outcome {
-    let mut log = |e: Event<'_>| {
-        if let Event::Match { record, .. } = e {
-            eprintln!("{record:?}");
-        }
-    };
-    run_tournament(store, base, cfg, subs, &mut log).unwrap()
+    tournament_config(model, vec![instruct_source(data)], v, seed)
 }
 
 #[test]

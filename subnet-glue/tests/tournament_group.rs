@@ -12,24 +12,23 @@
 //! the methods (one group) meets that champion in the boss round.
 
 mod tasks_support;
+mod tournament_support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use gradients_subnet::chain::{AccountId, Chain, ChainParams, LocalChain};
 use gradients_subnet::store::Store;
-use gradients_subnet::tournament::bootstrap::GateConfig;
 use gradients_subnet::tournament::bracket::{groups, GROUP_ADVANCE, GROUP_MAX};
 use gradients_subnet::tournament::run::{
-    run_tournament, submissions_from_paths, Event, Outcome, Submission, TaskSource,
-    TournamentConfig,
+    submissions_from_paths, Outcome, Submission, TournamentConfig,
 };
 use gradients_subnet::tournament::settle::{register_neurons, settle};
 use gradients_subnet::tournament::store::{self, MatchRecord, Stage};
-use gradients_subnet::tournament::TaskKind;
-use gradients_subnet::validator::{BaseModel, ValidatorOptions};
+use gradients_subnet::validator::ValidatorOptions;
 use gradients_subnet::weights::{PARTICIPATION_WEIGHT, RANK_DECAY_BASE, TEXT_BASE_WEIGHT};
 use tasks_support::{save_tiny_model, tiny_base, write_dataset};
+use tournament_support::{instruct_source, play, tournament_config};
 
 /// Tokens each method trains on per task: 4 steps of 2 × 32 tokens.
 const TOKEN_BUDGET: u64 = 256;
@@ -62,29 +61,7 @@ fn config(model: &Path, data: &Path, work: &Path, seed: u64) -> TournamentConfig
     v.max_eval_samples = Some(6);
     v.eval_seq_len = Some(32);
     v.eval_batch = 6;
-    TournamentConfig {
-        tournament_id: None,
-        seed,
-        base_model: model.to_path_buf(),
-        sources: vec![TaskSource {
-            kind: TaskKind::Instruct,
-            dataset: data.to_path_buf(),
-            mapping: serde_json::from_str(
-                r#"{"task_type": "instruct", "field_instruction": "instruction",
-                    "field_input": "input", "field_output": "output"}"#,
-            )
-            .unwrap(),
-            grpo: None,
-        }],
-        boss_tasks: 2,
-        gate: GateConfig::default(),
-        validator: v,
-        hours_to_complete: 1.0,
-    }
-}
-
-fn play(store: &Store, base: &BaseModel, cfg: &TournamentConfig, subs: &[Submission]) -> Outcome {
-    run_tournament(store, base, cfg, subs, &mut |_e: Event<'_>| {}).unwrap()
+    tournament_config(model, vec![instruct_source(data)], v, seed)
 }
 
 fn loss_key(l: Option<f64>) -> f64 {

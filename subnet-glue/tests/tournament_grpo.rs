@@ -8,31 +8,29 @@
 //! settings are part of the settings a resumed tournament must match.
 
 mod tasks_support;
+mod tournament_support;
 
 use std::path::{Path, PathBuf};
 
 use gradients_engine::model::hf_model::save_hf_model;
-use gradients_engine::model::{Arch, ModelConfig, ModelWeights};
+use gradients_engine::model::{ModelConfig, ModelWeights};
 use gradients_engine::train::grpo::GrpoSection;
 use gradients_subnet::store::Store;
-use gradients_subnet::tournament::bootstrap::GateConfig;
 use gradients_subnet::tournament::boss::{decide_task, knockout_winner, Side, SideResult};
 use gradients_subnet::tournament::grpo::grpo_standings;
 use gradients_subnet::tournament::run::{
-    run_tournament, submissions_from_paths, Event, Outcome, Submission, TaskSource,
-    TournamentConfig,
+    run_tournament, submissions_from_paths, Event, TaskSource, TournamentConfig,
 };
 use gradients_subnet::tournament::store::{MatchRecord, Stage};
 use gradients_subnet::tournament::TaskKind;
 use gradients_subnet::validator::{load_result, BaseModel, MethodResult, ValidatorOptions};
 use tasks_support::common;
+use tournament_support::{play, tournament_config};
 
 const WORDS: [&str; 6] = ["cat", "dog", "bird", "fish", "frog", "cow"];
 
 fn model() -> (ModelConfig, ModelWeights) {
-    let cfg = common::tiny_config(Arch::Llama, 2, false);
-    let w = common::random_weights(&cfg, 21);
-    (cfg, w)
+    common::tiny_model(false, 21)
 }
 
 fn base() -> BaseModel {
@@ -69,37 +67,25 @@ fn config(model: &Path, data: &Path, work: &Path, seed: u64) -> TournamentConfig
     let mut v = ValidatorOptions::new(work, 0, 400);
     v.threads = 2;
     v.eval_seq_len = Some(32);
-    TournamentConfig {
-        tournament_id: None,
-        seed,
-        base_model: model.to_path_buf(),
-        sources: vec![TaskSource {
-            kind: TaskKind::Grpo,
-            dataset: data.to_path_buf(),
-            mapping: serde_json::from_value(serde_json::json!({
-                "task_type": "grpo",
-                "prompt_format": "{prompt}: ",
-                "rewards": [
-                    {"kind": "regex_match", "pattern": "^[a-z]", "weight": 2.0},
-                    {"kind": "length", "target": 2, "weight": 0.5}
-                ]
-            }))
-            .unwrap(),
-            grpo: Some(GrpoSection {
-                num_generations: 4,
-                max_new_tokens: 3,
-                ..Default::default()
-            }),
-        }],
-        boss_tasks: 2,
-        gate: GateConfig::default(),
-        validator: v,
-        hours_to_complete: 1.0,
-    }
-}
-
-fn play(store: &Store, b: &BaseModel, cfg: &TournamentConfig, subs: &[Submission]) -> Outcome {
-    run_tournament(store, b, cfg, subs, &mut |_e: Event<'_>| {}).unwrap()
+    let source = TaskSource {
+        kind: TaskKind::Grpo,
+        dataset: data.to_path_buf(),
+        mapping: serde_json::from_value(serde_json::json!({
+            "task_type": "grpo",
+            "prompt_format": "{prompt}: ",
+            "rewards": [
+                {"kind": "regex_match", "pattern": "^[a-z]", "weight": 2.0},
+                {"kind": "length", "target": 2, "weight": 0.5}
+            ]
+        }))
+        .unwrap(),
+        grpo: Some(GrpoSection {
+            num_generations: 4,
+            max_new_tokens: 3,
+            ..Default::default()
+        }),
+    };
+    tournament_config(model, vec![source], v, seed)
 }
 
 /// The stored validator results of a match's players, in order.

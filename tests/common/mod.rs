@@ -1,9 +1,11 @@
 //! Shared helpers of the model tests: tiny random Llama/Qwen2 models built in code, random
 //! LoRA adapters, batches, and a naive host-side f64 reference forward (written from HF's
-//! `LlamaForCausalLM` semantics, independent of the engine's model code).
+//! `LlamaForCausalLM` semantics, independent of the engine's model code); for the training
+//! tests (train_*.rs, and subnet-glue's through tasks_support) the tiny model, its letter
+//! tokenizer, the animal instruct dataset and the TOML of a tiny run.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use gradients_engine::data::TextTokenizer;
@@ -97,6 +99,76 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
         final_norm: norm_weight(h, seed, 2),
         lm_head: (!cfg.tie_word_embeddings).then(|| lin(v, h, 3)),
     }
+}
+
+/// The GPU test's device opened once per test binary (`opened`, kept in a `OnceLock`), or
+/// `None` after printing why the test skips; with `GRADIENTS_REQUIRE_GPU=1` (runs on a GPU
+/// machine) a device that did not open fails the test instead.
+pub fn gpu_or_skip<T>(opened: &'static std::result::Result<T, String>) -> Option<&'static T> {
+    match opened {
+        Ok(dev) => Some(dev),
+        Err(why) => {
+            let required = std::env::var("GRADIENTS_REQUIRE_GPU").is_ok_and(|v| v == "1");
+            assert!(!required, "GRADIENTS_REQUIRE_GPU=1 but: {why}");
+            eprintln!("skipping GPU test: {why}");
+            None
+        }
+    }
+}
+
+/// The 2-layer tiny Llama of the training tests (tied or not) with weights from `seed`.
+pub fn tiny_model(tied: bool, seed: u64) -> (ModelConfig, ModelWeights) {
+    let cfg = tiny_config(Arch::Llama, 2, tied);
+    let w = random_weights(&cfg, seed);
+    (cfg, w)
+}
+
+/// The animal names of the tiny datasets.
+pub const ANIMALS: [&str; 10] = [
+    "cat", "dog", "bird", "fish", "frog", "cow", "duck", "goat", "lamb", "mole",
+];
+
+/// `n` instruct rows over the first `words` of [`ANIMALS`] in turn: instruction "say W
+/// twice", empty input, output "W W.", written as a JSON array to `dir/data.json`.
+pub fn write_animal_dataset(dir: &Path, words: usize, n: usize) -> PathBuf {
+    let rows: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let w = ANIMALS[i % words];
+            serde_json::json!({
+                "instruction": format!("say {w} twice"),
+                "input": "",
+                "output": format!("{w} {w}."),
+            })
+        })
+        .collect();
+    let path = dir.join("data.json");
+    std::fs::write(&path, serde_json::to_string(&rows).unwrap()).unwrap();
+    path
+}
+
+/// The `[mapping]` body of the animal dataset's instruct tasks.
+pub const INSTRUCT_MAPPING: &str = r#"task_type = "instruct"
+field_instruction = "instruction"
+field_input = "input"
+field_output = "output""#;
+
+/// A run of the tiny model (`model = "unused"`) over `data` into `out`: `top` is TOML at the
+/// top level, `mapping` the `[mapping]` body, then a rank-4 `[lora]` (alpha 8) table whose
+/// remaining lines (and the tables after it: `[optimizer]`, ...) are `rest`.
+pub fn tiny_run_config(
+    data: &Path,
+    out: &Path,
+    top: &str,
+    mapping: &str,
+    rest: &str,
+) -> Result<TrainConfig> {
+    let text = format!(
+        "model = \"unused\"\ndataset = \"{}\"\noutput_dir = \"{}\"\n{top}\n[mapping]\n{mapping}\n\
+         [lora]\nr = 4\nalpha = 8\n{rest}\n",
+        data.display(),
+        out.display(),
+    );
+    TrainConfig::from_toml(&text, "test config")
 }
 
 /// A LoRA config over all seven targets.

@@ -18,29 +18,13 @@ use half::bf16;
 /// GPU 0's runtime, shared by the tests; `None` (with the reason printed) when there is none.
 fn gpu() -> Option<&'static CudaRuntime> {
     static RT: OnceLock<Result<CudaRuntime, String>> = OnceLock::new();
-    match RT.get_or_init(|| CudaRuntime::new(0).map_err(|e| e.to_string())) {
-        Ok(rt) => Some(rt),
-        Err(why) => {
-            let required = std::env::var("GRADIENTS_REQUIRE_GPU").is_ok_and(|v| v == "1");
-            assert!(!required, "GRADIENTS_REQUIRE_GPU=1 but: {why}");
-            eprintln!("skipping GPU test: {why}");
-            None
-        }
-    }
+    crate::common::gpu_or_skip(RT.get_or_init(|| CudaRuntime::new(0).map_err(|e| e.to_string())))
 }
 
 /// The CUDA backend on GPU 0, shared by the tests; `None` (reason printed) without a GPU.
 fn backend() -> Option<&'static CudaBackend> {
     static BE: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-    match BE.get_or_init(|| CudaBackend::on_gpu(0).map_err(|e| e.to_string())) {
-        Ok(be) => Some(be),
-        Err(why) => {
-            let required = std::env::var("GRADIENTS_REQUIRE_GPU").is_ok_and(|v| v == "1");
-            assert!(!required, "GRADIENTS_REQUIRE_GPU=1 but: {why}");
-            eprintln!("skipping GPU test: {why}");
-            None
-        }
-    }
+    crate::common::gpu_or_skip(BE.get_or_init(|| CudaBackend::on_gpu(0).map_err(|e| e.to_string())))
 }
 
 /// SplitMix64 stream of uniform f32 in [-1, 1).

@@ -193,6 +193,68 @@ pub fn elementwise_gemm_adamw<B: Backend>(be: &B) {
         .is_err());
 }
 
+/// `sum_squares_each` on `be` against `be`'s own one-tensor `sum_squares` calls, bit for bit
+/// per tensor and in the global norm (the host sum from 0 in order, today's formula), and
+/// against the CPU backend within f32 rounding: tensors of 0, 1, 16384 (one partial), 16385,
+/// 40000 and 655363 values (several), one whose partials round differently in another order,
+/// then 420 small tensors (SmolLM2's 7 targets × 30 layers × A, B) and the empty list.
+pub fn sum_squares_each<B: Backend>(be: &B) {
+    use gradients_engine::optim::{clip_grad_norm, global_norm};
+    let cpu = CpuBackend::<f32>::new();
+    let mut rng = Rng(31);
+    let lens: Vec<usize> = [0usize, 1, 16384, 16385, 40_000, 16384 * 40 + 3, 7]
+        .into_iter()
+        .chain((0..420).map(|i| 64 + (i * 37) % 300))
+        .collect();
+    let mut host: Vec<Vec<f32>> = lens.iter().map(|&n| rng.vec(n, -2.0, 2.0)).collect();
+    // Partials of f32 data usually add exactly in f64 whatever the order; these do not:
+    // chunk 0 sums to 2^52 (ulp 1), each of the 39 others to 0.5, so only the documented
+    // order of the reduction gives the one-call bits.
+    let mut spread = vec![0f32; 16384 * 40];
+    spread[0] = 67_108_864.0; // 2^26
+    for c in 1..40 {
+        spread[c * 16384] = 0.5;
+        spread[c * 16384 + 1] = 0.5;
+    }
+    host.insert(6, spread);
+    let bufs: Vec<B::Buf> = host.iter().map(|v| be.upload(v).unwrap()).collect();
+    for count in [8, host.len()] {
+        let refs: Vec<&B::Buf> = bufs[..count].iter().collect();
+        let each = be.sum_squares_each(&refs).unwrap();
+        assert_eq!(each.len(), count);
+        let mut today = 0.0f64;
+        for (i, (x, s)) in refs.iter().zip(&each).enumerate() {
+            let one = be.sum_squares(x).unwrap();
+            assert_eq!(
+                s.to_bits(),
+                one.to_bits(),
+                "tensor {i}: {s} vs one call {one}"
+            );
+            let c = cpu.sum_squares(&host[i]).unwrap();
+            assert!((s - c).abs() <= 1e-5 * c, "tensor {i}: {s} vs cpu {c}");
+            today += one;
+        }
+        let norm = global_norm(be, &refs).unwrap();
+        assert_eq!(
+            norm.to_bits(),
+            today.sqrt().to_bits(),
+            "global norm of {count}"
+        );
+        // clipping reports the same norm (a max_norm above it leaves the grads as they are)
+        let mut copies: Vec<B::Buf> = host[..count]
+            .iter()
+            .map(|v| be.upload(v).unwrap())
+            .collect();
+        let mut muts: Vec<&mut B::Buf> = copies.iter_mut().collect();
+        let clipped = clip_grad_norm(be, &mut muts, 1e9).unwrap();
+        assert_eq!(clipped.to_bits(), norm.to_bits(), "clip norm of {count}");
+    }
+    assert!(be.sum_squares_each(&[]).unwrap().is_empty());
+    assert_eq!(global_norm::<B>(be, &[]).unwrap().to_bits(), 0f64.to_bits());
+    let empty = be.alloc(0).unwrap();
+    assert_eq!(be.sum_squares_each(&[&empty, &empty]).unwrap(), [0.0, 0.0]);
+}
+
 /// `be` against the CPU backend on RMSNorm, RoPE, SwiGLU and cross-entropy.
 pub fn block_ops<B: Backend>(be: &B) {
     let cpu = CpuBackend::<f32>::new();

@@ -13,6 +13,7 @@
 //! - Every op is deterministic: the same inputs give bit-identical outputs whatever the number
 //!   of threads (fixed reduction orders, partitions that depend on the problem size only).
 
+pub mod attention_dims; // check_starts; AttnDims: the attention argument checks every backend shares
 pub mod cpu; // CpuBackend: reference semantics
 #[cfg(feature = "cuda")]
 pub mod cuda; // CudaBackend (KernelBackend<CudaDevice>), CudaRuntime, CudaBuf, Gemm, probe; KERNELS_FATBIN
@@ -138,6 +139,12 @@ pub trait Backend: Send + Sync {
     fn add_bias(&self, x: &mut Self::Buf, bias: &Self::Buf, n: usize, d: usize) -> Result<()>;
     /// Sum of squares of all values, accumulated in f64 in a fixed order (for global norms).
     fn sum_squares(&self, x: &Self::Buf) -> Result<f64>;
+    /// [`Backend::sum_squares`] of every buffer of `xs`, in order, each bit-identical to the
+    /// one-buffer call. A device backend computes them all with one download (one sync)
+    /// instead of one per buffer; the default makes the one-buffer calls.
+    fn sum_squares_each(&self, xs: &[&Self::Buf]) -> Result<Vec<f64>> {
+        xs.iter().map(|x| self.sum_squares(x)).collect()
+    }
 
     // ---- the block's ops ----------------------------------------------------------------
     /// `out[t, :] = table[ids[t], :]`; out `[n, h]`, table `[vocab, h]`. Errors on an id out of

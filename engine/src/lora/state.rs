@@ -248,13 +248,10 @@ impl<B: Backend> LoraGrads<B> {
         Ok(w)
     }
 
-    /// Global L2 norm of all gradients (f64 accumulation in optimiser order).
+    /// Global L2 norm of all gradients (f64 accumulation in optimiser order, one device
+    /// sync: [`crate::optim::global_norm`]).
     pub fn global_norm(&self, be: &B) -> Result<f64> {
-        let mut s = 0.0f64;
-        for g in self.bufs() {
-            s += be.sum_squares(g)?;
-        }
-        Ok(s.sqrt())
+        crate::optim::global_norm(be, &self.bufs())
     }
 }
 

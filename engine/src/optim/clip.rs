@@ -2,8 +2,9 @@
 //! `total = sqrt(Σ_params Σ g²)`, `coef = max_norm / (total + 1e-6)`, every gradient scaled
 //! by `min(coef, 1)`.
 //!
-//! The sums of squares come from `Backend::sum_squares` (f64, fixed order) and are added in
-//! the order the gradients are given, so the norm is deterministic. torch accumulates in f32;
+//! The sums of squares come from `Backend::sum_squares_each` (f64, fixed order; one device
+//! sync for all tensors) and are added in the order the gradients are given, so the norm is
+//! deterministic. torch accumulates in f32;
 //! the f64 norm here agrees with it to f32 rounding. Used by the trainer (train/) between the
 //! backward and [`AdamW::step`](super::AdamW::step).
 
@@ -13,13 +14,12 @@ use crate::error::{Error, Result};
 /// torch's guard against division by zero in the clip coefficient.
 const CLIP_EPS: f64 = 1e-6;
 
-/// The global L2 norm of `grads` viewed as one vector, in f64.
+/// The global L2 norm of `grads` viewed as one vector, in f64: the per-tensor sums of
+/// squares from one [`Backend::sum_squares_each`] call (one device sync), added on the host
+/// from 0 in the order given.
 pub fn global_norm<B: Backend>(backend: &B, grads: &[&B::Buf]) -> Result<f64> {
-    let mut sum = 0.0f64;
-    for g in grads {
-        sum += backend.sum_squares(g)?;
-    }
-    Ok(sum.sqrt())
+    let sums = backend.sum_squares_each(grads)?;
+    Ok(sums.iter().fold(0.0f64, |acc, &s| acc + s).sqrt())
 }
 
 /// Clip `grads` in place to a global L2 norm of at most `max_norm`; returns the norm before
@@ -40,11 +40,8 @@ pub fn clip_grad_norm<B: Backend>(
             format!("must be a positive finite number, got {max_norm}"),
         ));
     }
-    let mut sum = 0.0f64;
-    for g in grads.iter() {
-        sum += backend.sum_squares(g)?;
-    }
-    let total = sum.sqrt();
+    let refs: Vec<&B::Buf> = grads.iter().map(|g| &**g).collect();
+    let total = global_norm(backend, &refs)?;
     if !total.is_finite() {
         return Ok(total);
     }

@@ -5,14 +5,14 @@
 //! the subnet runs commit-reveal.
 //!
 //! A commit is `blake2_256(SCALE(hotkey, netuid, uids, values, salt, version_key))`
-//! (scale.rs); the chain (local.rs) keeps only the hash, tagged with the epoch counter, and
+//! (scale.rs); the chain (local/weights.rs) keeps only the hash, tagged with the epoch counter, and
 //! takes the reveal only in epoch `commit_epoch + reveal_period`. The salt is 8 random u16
 //! (as the Bittensor SDK draws it), or given by the caller for reproducible commits.
 //!
 //! The validator keeps each reveal in the same file (table `chain_saved_reveals`, created
-//! with the chain's tables in local.rs) from just before its commit until it is revealed.
+//! with the chain's tables in local/) from just before its commit until it is revealed.
 //!
-//! Neighbours: local.rs (commit_weights/reveal_weights checks), cli_chain.rs (`gradients
+//! Neighbours: local/weights.rs (commit_weights/reveal_weights checks), cli_chain.rs (`gradients
 //! chain commit|reveal|commits`), tournament/settle.rs (a tournament's weights).
 
 use std::collections::hash_map::RandomState;

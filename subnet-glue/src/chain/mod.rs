@@ -4,12 +4,12 @@
 //! (SPEC §6–§7).
 //!
 //! Rooms: scale.rs (AccountId, SS58, SCALE bytes and the commit hash), yuma.rs (one epoch
-//! in I32F32, pure), local.rs (the SQLite store and the extrinsic checks), commit.rs (the
+//! in I32F32, pure), local/ (the SQLite store and the extrinsic checks: params, neurons, weights, epochs), commit.rs (the
 //! validator's side of commit-reveal: saved reveals, salts, set-or-commit). The weights
 //! module ([`crate::weights`]) turns tournament results into the u16 vectors set here.
 
 pub mod commit; // PendingReveal (saved reveals), random salts, submit_weights: set or commit
-pub mod local; // LocalChain: SQLite tables chain_*, extrinsic checks, block clock, epochs
+pub mod local; // LocalChain: SQLite tables chain_*; params, neurons, weights (commit-reveal), epochs
 pub mod scale; // AccountId (hex, SS58), SCALE encoding, blake2_256 commit hash
 pub mod yuma; // run_epoch: Yuma 3 / original Yuma in I32F32, ported from subtensor
 

@@ -10,7 +10,7 @@
 //! The test vectors come from tools/commit_hash_vector.py (Python hashlib over bytes built
 //! by hand), so this file and that script check each other.
 //!
-//! Neighbours: chain/local.rs stores and verifies commits with [`commit_hash`].
+//! Neighbours: chain/local/weights.rs stores and verifies commits with [`commit_hash`].
 
 use std::fmt;
 

@@ -6,7 +6,7 @@
 //! column-normalised stake-weighted bonds), dividends and emission.
 //!
 //! Pure: [`run_epoch`] takes the chain state as plain vectors ([`EpochInput`]) and returns
-//! what the chain stores ([`EpochOutput`]); chain/local.rs reads and writes SQLite around
+//! what the chain stores ([`EpochOutput`]); chain/local/ reads and writes SQLite around
 //! it. Not ported: the commit-reveal column mask (weights revealed here are always from a
 //! commit older than the target's registration) and the subnet-owner self-weight exception.
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use gradients_engine::data::TextTokenizer;
 use gradients_engine::model::hf_model::save_hf_model;
-use gradients_engine::model::{Arch, ModelConfig, ModelWeights};
+use gradients_engine::model::{ModelConfig, ModelWeights};
 use gradients_subnet::validator::BaseModel;
 
 /// Letters a–z are 3–28, space 29, '.' 30, anything else 31; eos 2.
@@ -44,9 +44,7 @@ impl TextTokenizer for LetterTok {
 
 /// The tiny model: 2 layers, hidden 32, vocab 50.
 pub fn tiny_model() -> (ModelConfig, ModelWeights) {
-    let cfg = common::tiny_config(Arch::Llama, 2, true);
-    let w = common::random_weights(&cfg, 7);
-    (cfg, w)
+    common::tiny_model(true, 7)
 }
 
 /// Save the tiny model as an HF directory under `dir`; returns the directory.
@@ -69,25 +67,9 @@ pub fn tiny_base() -> BaseModel {
     }
 }
 
-const WORDS: [&str; 10] = [
-    "cat", "dog", "bird", "fish", "frog", "cow", "duck", "goat", "lamb", "mole",
-];
-
 /// `n` rows: "say the animal twice" → the animal's name twice.
 pub fn write_dataset(dir: &Path, n: usize) -> PathBuf {
-    let rows: Vec<serde_json::Value> = (0..n)
-        .map(|i| {
-            let w = WORDS[i % WORDS.len()];
-            serde_json::json!({
-                "instruction": format!("say {w} twice"),
-                "input": "",
-                "output": format!("{w} {w}."),
-            })
-        })
-        .collect();
-    let path = dir.join("data.json");
-    std::fs::write(&path, serde_json::to_string(&rows).unwrap()).unwrap();
-    path
+    common::write_animal_dataset(dir, common::ANIMALS.len(), n)
 }
 
 /// A TOML task spec over `model` and `data`; `extra` is appended at the top level (before

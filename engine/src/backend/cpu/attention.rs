@@ -12,103 +12,20 @@
 //! Work is split into (batch row, head) items; every sum runs in a fixed order inside one
 //! item (the backward's sum over the heads of a kv group runs in head order after them), so
 //! results do not depend on the thread count. The reference by the definition and the tests
-//! live in `attention_tests.rs`.
+//! live in `attention_tests.rs`; the argument checks in backend/attention_dims.rs.
 
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::simd::{attn_grad_row, dot as simd_dot, exp_sub_sum, row_max, scale_row};
-use super::{check_len, checked_size, Real};
-use crate::error::{Error, Result};
+use super::Real;
 
-/// Validated dims of one attention call.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Dims {
-    pub(crate) op: &'static str,
-    pub(crate) batch: usize,
-    pub(crate) seq: usize,
-    pub(crate) heads: usize,
-    pub(crate) kv_heads: usize,
-    pub(crate) hd: usize,
-    /// Query heads per kv head.
-    pub(crate) group: usize,
-}
+/// Validated dims of one attention call (the checks every backend shares).
+pub(crate) use crate::backend::attention_dims::AttnDims as Dims;
 
-impl Dims {
-    /// Check the dims and `starts` (one per token, `starts[i] <= i` within its row).
-    pub fn new(
-        op: &'static str,
-        starts: &[u32],
-        batch: usize,
-        seq: usize,
-        heads: usize,
-        kv_heads: usize,
-        hd: usize,
-    ) -> Result<Self> {
-        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || hd == 0 {
-            return Err(Error::shape(
-                op,
-                format!("heads={heads} must be a positive multiple of kv_heads={kv_heads}, hd={hd} positive"),
-            ));
-        }
-        let n = checked_size(op, &[batch, seq])?;
-        checked_size(op, &[n, heads, hd])?;
-        check_len(op, "starts", starts.len(), n, || {
-            format!("batch={batch}, seq={seq}")
-        })?;
-        if let Some((t, &s)) = starts
-            .iter()
-            .enumerate()
-            .find(|(t, &s)| s as usize > t % seq)
-        {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "token {t} (index {} in its row) has sample start {s}, after itself",
-                    t % seq
-                ),
-            ));
-        }
-        Ok(Dims {
-            op,
-            batch,
-            seq,
-            heads,
-            kv_heads,
-            hd,
-            group: heads / kv_heads,
-        })
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "batch={}, seq={}, heads={}, kv_heads={}, hd={}",
-            self.batch, self.seq, self.heads, self.kv_heads, self.hd
-        )
-    }
-
-    /// Check a `[n, heads·hd]` buffer.
-    pub fn check_q(&self, name: &str, len: usize) -> Result<()> {
-        let want = self.batch * self.seq * self.heads * self.hd;
-        check_len(self.op, name, len, want, || self.describe())
-    }
-
-    /// Check a `[n, kv_heads·hd]` buffer.
-    pub fn check_kv(&self, name: &str, len: usize) -> Result<()> {
-        let want = self.batch * self.seq * self.kv_heads * self.hd;
-        check_len(self.op, name, len, want, || self.describe())
-    }
-
-    /// Check a `[n, heads]` buffer.
-    pub fn check_lse(&self, name: &str, len: usize) -> Result<()> {
-        let want = self.batch * self.seq * self.heads;
-        check_len(self.op, name, len, want, || self.describe())
-    }
-
-    /// `1/sqrt(hd)`.
-    pub(crate) fn scale<T: Real>(&self) -> T {
-        T::from_f64(1.0 / (self.hd as f64).sqrt())
-    }
+/// `1/sqrt(hd)` in `T`.
+pub(crate) fn score_scale<T: Real>(d: &Dims) -> T {
+    T::from_f64(d.scale())
 }
 
 /// The gradients the backward overwrites.
@@ -220,7 +137,7 @@ pub(crate) fn forward<T: Real>(
     if seq == 0 || d.batch == 0 {
         return;
     }
-    let scale: T = d.scale();
+    let scale: T = score_scale(d);
     let (out_p, lse_p) = (SharedMut::new(out), SharedMut::new(lse));
     (0..d.batch * heads).into_par_iter().for_each(|item| {
         let (b, h) = (item / heads, item % heads);
@@ -275,7 +192,7 @@ pub(crate) fn backward<T: Real>(d: &Dims, g: Grads<'_, T>, s: Saved<'_, T>, star
         g.dv.fill(T::ZERO);
         return;
     }
-    let scale: T = d.scale();
+    let scale: T = score_scale(d);
     let dq_p = SharedMut::new(g.dq);
     let share = seq * hd;
     // [batch·heads][dk | dv][seq, hd]

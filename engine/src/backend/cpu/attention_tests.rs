@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::attention::{Dims, Grads, Saved};
+use super::attention::{score_scale, Dims, Grads, Saved};
 use super::Real;
 
 #[inline(always)]
@@ -32,7 +32,7 @@ pub(crate) fn forward_naive<T: Real>(
     if seq == 0 || qw == 0 {
         return;
     }
-    let scale: T = d.scale();
+    let scale: T = score_scale(d);
     out.par_chunks_mut(seq * qw)
         .zip(lse.par_chunks_mut(seq * heads))
         .enumerate()
@@ -82,7 +82,7 @@ pub(crate) fn backward_naive<T: Real>(d: &Dims, g: Grads<'_, T>, s: Saved<'_, T>
     if seq == 0 || qw == 0 {
         return;
     }
-    let scale: T = d.scale();
+    let scale: T = score_scale(d);
     g.dq.par_chunks_mut(seq * qw)
         .zip(g.dk.par_chunks_mut(seq * kw))
         .zip(g.dv.par_chunks_mut(seq * kw))

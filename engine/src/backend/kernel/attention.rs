@@ -8,6 +8,7 @@
 //! head_dim 32, 64 or 128. Neighbours: ops.rs (the other ops), mod.rs (state, devices).
 
 use super::{meta_buf, scratch, Elem, KArg, KernelBackend, KernelDevice, Launch, Meta};
+use crate::backend::attention_dims::AttnDims;
 use crate::error::{Error, Result};
 
 /// Warps (token × head pairs) per block of `attention_forward_*` (ATTN_WARPS in attention.cu)
@@ -46,111 +47,34 @@ pub fn backward_smem_bytes(hd: usize) -> Option<usize> {
     Some(4 * ((2 * bk + 2 * bq) * (hd + 1) + 2 * bq * (bk + 1) + 3 * bq))
 }
 
-/// Checks per-token sample starts the way the CPU backend does: one per token of `batch` rows
-/// of `seq`, each the in-row index of its sample's first token, so `starts[t] <= t % seq`.
-pub fn check_starts(op: &'static str, starts: &[u32], batch: usize, seq: usize) -> Result<()> {
-    let n = batch
-        .checked_mul(seq)
-        .ok_or_else(|| Error::shape(op, format!("batch {batch} × seq {seq} overflows")))?;
-    if starts.len() != n {
-        return Err(Error::shape(
-            op,
-            format!(
-                "starts has {} values, expected {n} for batch={batch}, seq={seq}",
-                starts.len()
-            ),
-        ));
-    }
-    if let Some((t, &s)) = starts
-        .iter()
-        .enumerate()
-        .find(|(t, &s)| s as usize > t % seq)
-    {
-        return Err(Error::shape(
-            op,
-            format!(
-                "token {t} (index {} in its row) has sample start {s}, after itself",
-                t % seq
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Checked dims of one attention call (all fit the kernels' int32 indexing).
+/// Checked dims of one attention call: the checks every backend shares, plus the kernels'
+/// int32 indexing limits.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Dims {
-    op: &'static str,
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    kv_heads: usize,
-    hd: usize,
-    n: usize,
+pub(super) struct Dims(AttnDims);
+
+impl std::ops::Deref for Dims {
+    type Target = AttnDims;
+
+    fn deref(&self) -> &AttnDims {
+        &self.0
+    }
 }
 
 impl Dims {
-    pub(super) fn new(
-        op: &'static str,
-        starts: &[u32],
-        batch: usize,
-        seq: usize,
-        heads: usize,
-        kv_heads: usize,
-        hd: usize,
-    ) -> Result<Self> {
-        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || hd == 0 {
-            return Err(Error::shape(
-                op,
-                format!("heads={heads} must be a positive multiple of kv_heads={kv_heads}, hd={hd} positive"),
-            ));
-        }
-        check_starts(op, starts, batch, seq)?;
-        let n = batch * seq;
-        let fits = n
-            .checked_mul(heads)
-            .and_then(|x| x.checked_mul(hd))
-            .is_some_and(|x| x <= usize::MAX / 4)
-            && n.checked_mul(heads).is_some_and(|x| x <= i32::MAX as usize)
-            && seq <= i32::MAX as usize
-            && hd <= i32::MAX as usize;
+    /// The shared checks' dims `d`, checked against the kernels' indexing: byte sizes fit a
+    /// `usize`, `n·heads`, `seq` and `hd` an `i32` (`n·heads·hd` fits a `usize` by
+    /// [`AttnDims::new`]).
+    pub(super) fn new(d: AttnDims) -> Result<Self> {
+        let int = |x: usize| x <= i32::MAX as usize;
+        let fits =
+            d.n * d.heads * d.hd <= usize::MAX / 4 && int(d.n * d.heads) && int(d.seq) && int(d.hd);
         if !fits {
             return Err(Error::shape(
-                op,
-                format!("batch={batch}, seq={seq}, heads={heads}, hd={hd} exceed the kernels' int32 indexing"),
+                d.op,
+                format!("{} exceed the kernels' int32 indexing", d.describe()),
             ));
         }
-        Ok(Dims {
-            op,
-            batch,
-            seq,
-            heads,
-            kv_heads,
-            hd,
-            n,
-        })
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "batch={}, seq={}, heads={}, kv_heads={}, hd={}",
-            self.batch, self.seq, self.heads, self.kv_heads, self.hd
-        )
-    }
-
-    fn check(&self, name: &str, len: usize, width: usize) -> Result<()> {
-        let want = self.n * width;
-        if len == want {
-            Ok(())
-        } else {
-            Err(Error::shape(
-                self.op,
-                format!(
-                    "{name} has {len} values, expected {want} for {}",
-                    self.describe()
-                ),
-            ))
-        }
+        Ok(Dims(d))
     }
 
     fn grid_yz(&self) -> Result<()> {
@@ -192,8 +116,8 @@ impl Dims {
         }
     }
 
-    fn scale(&self) -> f32 {
-        (1.0 / (self.hd as f64).sqrt()) as f32
+    fn scale_f32(&self) -> f32 {
+        self.scale() as f32
     }
 }
 
@@ -239,12 +163,11 @@ impl<D: KernelDevice> KernelBackend<D> {
                 d.hd
             )));
         }
-        let (qw, kw) = (d.heads * d.hd, d.kv_heads * d.hd);
-        d.check("out", self.dev.len(out), qw)?;
-        d.check("q", self.dev.len(q), qw)?;
-        d.check("k", self.dev.len(k), kw)?;
-        d.check("v", self.dev.len(v), kw)?;
-        d.check("lse", self.dev.len(lse), d.heads)?;
+        d.check_q("out", self.dev.len(out))?;
+        d.check_q("q", self.dev.len(q))?;
+        d.check_kv("k", self.dev.len(k))?;
+        d.check_kv("v", self.dev.len(v))?;
+        d.check_lse("lse", self.dev.len(lse))?;
         let e = self.storage(op, "q", q)?;
         self.same_elem(op, e, &[("out", out), ("k", k), ("v", v)])?;
         self.same_elem(op, Elem::F32, &[("lse", lse)])?;
@@ -276,7 +199,7 @@ impl<D: KernelDevice> KernelBackend<D> {
             let name = format!("attention_forward_{}", e.suffix());
             (name, d.warp_grid(ATTN_WARPS * d.hd as u32 * 4))
         };
-        args.push(KArg::F32(d.scale()));
+        args.push(KArg::F32(d.scale_f32()));
         // SAFETY: lengths checked for batch·seq tokens of heads (kv_heads) × hd values; the
         // starts were validated (each token's key range is non-empty and in its row); the grid
         // covers exactly batch rows and heads query heads (tiled) or n·heads warps, and the
@@ -299,21 +222,16 @@ impl<D: KernelDevice> KernelBackend<D> {
                 d.hd
             )));
         };
-        let (qw, kw) = (d.heads * d.hd, d.kv_heads * d.hd);
         let dev = &self.dev;
-        for (name, len, w) in [
-            ("dq", dev.len(g.dq), qw),
-            ("dk", dev.len(g.dk), kw),
-            ("dv", dev.len(g.dv), kw),
-            ("dout", dev.len(s.dout), qw),
-            ("q", dev.len(s.q), qw),
-            ("k", dev.len(s.k), kw),
-            ("v", dev.len(s.v), kw),
-            ("out", dev.len(s.out), qw),
-            ("lse", dev.len(s.lse), d.heads),
-        ] {
-            d.check(name, len, w)?;
-        }
+        d.check_q("dq", dev.len(g.dq))?;
+        d.check_kv("dk", dev.len(g.dk))?;
+        d.check_kv("dv", dev.len(g.dv))?;
+        d.check_q("dout", dev.len(s.dout))?;
+        d.check_q("q", dev.len(s.q))?;
+        d.check_kv("k", dev.len(s.k))?;
+        d.check_kv("v", dev.len(s.v))?;
+        d.check_q("out", dev.len(s.out))?;
+        d.check_lse("lse", dev.len(s.lse))?;
         let e = self.storage(op, "q", s.q)?;
         let same = [
             ("dq", &*g.dq),
@@ -364,7 +282,7 @@ impl<D: KernelDevice> KernelBackend<D> {
             KArg::Ref(st, 0),
         ];
         args.extend(ints([d.seq, d.heads, d.kv_heads]));
-        args.push(KArg::F32(d.scale()));
+        args.push(KArg::F32(d.scale_f32()));
         let name = format!("attention_backward_dkdv_hd{}_{sfx}", d.hd);
         // SAFETY: lengths checked for batch·seq tokens; the grid covers batch rows and
         // kv_heads heads; hd selects the kernel compiled for it and smem is its tile size.
@@ -381,7 +299,7 @@ impl<D: KernelDevice> KernelBackend<D> {
             KArg::Ref(st, 0),
         ];
         args.extend(ints([d.seq, d.heads, d.kv_heads]));
-        args.push(KArg::F32(d.scale()));
+        args.push(KArg::F32(d.scale_f32()));
         let name = format!("attention_backward_dq_hd{}_{sfx}", d.hd);
         // SAFETY: as the dkdv launch, with the grid covering batch rows and heads query heads.
         unsafe { self.launch(&name, d.tile_grid(bq, d.heads), &mut args) }
@@ -424,20 +342,5 @@ mod tests {
         }
         assert!(!forward_tiled(32) && !forward_tiled(96));
         assert!(src.contains(&format!("#define ATTN_BWD_DOT_WARPS {ATTN_WARPS}")));
-    }
-
-    #[test]
-    fn starts_are_checked_like_the_cpu_backend() {
-        check_starts("t", &[0, 0, 2, 0, 1, 1], 2, 3).unwrap();
-        let e = check_starts("t", &[0, 0, 2, 0, 2, 1], 2, 3).unwrap_err();
-        assert!(
-            e.to_string().contains("token 4 (index 1 in its row)"),
-            "{e}"
-        );
-        let e = check_starts("t", &[0, 0], 1, 3).unwrap_err();
-        assert!(
-            e.to_string().contains("starts has 2 values, expected 3"),
-            "{e}"
-        );
     }
 }

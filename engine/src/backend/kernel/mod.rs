@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use half::bf16;
 
-pub use attention::{backward_smem_bytes, backward_tiles, check_starts, forward_tiled};
+pub use attention::{backward_smem_bytes, backward_tiles, forward_tiled};
 pub use emu::{EmuBuf, EmuDevice};
 pub use table::{kernel_names, signature, Param};
 
@@ -288,12 +288,14 @@ enum Meta {
     Positions,
     Starts,
     Targets,
+    /// `sum_squares_each`'s partial offsets per tensor (the same list every step).
+    NormOffsets,
 }
 
 /// Device buffers reused across calls: the metadata cache and grow-only workspaces.
 struct State<B> {
     /// `(host copy, device copy)` per [`Meta`] slot.
-    meta: [Option<(Vec<i32>, B)>; 4],
+    meta: [Option<(Vec<i32>, B)>; 5],
     /// f32 `[n, heads]` attention backward's `D = rowsum(dout∘out)`.
     dsum: Option<B>,
     /// f32 `[rows, vocab]` cross-entropy logits of one chunk.
@@ -302,6 +304,8 @@ struct State<B> {
     losses: Option<B>,
     /// f64 partial sums of squares (and the total at the end).
     partials: Option<B>,
+    /// f64 per-tensor sums of squares of `sum_squares_each`.
+    sums: Option<B>,
 }
 
 /// `Backend` over the kernels of kernels/*.cu on device `D` (see the module doc). Clones
@@ -335,11 +339,12 @@ impl<D: KernelDevice> KernelBackend<D> {
         KernelBackend {
             dev,
             state: Arc::new(Mutex::new(State {
-                meta: [None, None, None, None],
+                meta: [None, None, None, None, None],
                 dsum: None,
                 logits: None,
                 losses: None,
                 partials: None,
+                sums: None,
             })),
             precision: Precision::F32,
         }

@@ -10,6 +10,7 @@ use super::{
     meta_buf, scratch, Elem, GemmShape, KArg, KernelBackend, KernelDevice, KernelWeight, Launch,
     Meta,
 };
+use crate::backend::attention_dims::AttnDims;
 use crate::backend::cpu::adamw::Hyper;
 use crate::backend::cpu::{check_len, checked_size, dropout_threshold};
 use crate::backend::{Backend, Precision, RopeTable};
@@ -21,6 +22,11 @@ use crate::tensor::DType;
 /// (kernels/norm.cu).
 const NORM_CHUNK: usize = 16384;
 const NORM_MAX_PARTS: usize = 1024;
+
+/// The number of partials `sumsq_partials_f32` writes for a tensor of `len > 0` values.
+fn norm_parts(len: usize) -> usize {
+    len.div_ceil(NORM_CHUNK).clamp(1, NORM_MAX_PARTS)
+}
 
 /// `x` as the kernels' `int`, or a shape error of `op` naming `what`.
 pub(super) fn int(op: &'static str, what: &str, x: usize) -> Result<i32> {
@@ -287,7 +293,7 @@ impl<D: KernelDevice> Backend for KernelBackend<D> {
         if len == 0 {
             return Ok(0.0);
         }
-        let parts = len.div_ceil(NORM_CHUNK).clamp(1, NORM_MAX_PARTS);
+        let parts = norm_parts(len);
         let mut guard = self.lock()?;
         let st = &mut *guard;
         let partials = scratch(&self.dev, &mut st.partials, Elem::F64, parts)?;
@@ -312,6 +318,63 @@ impl<D: KernelDevice> Backend for KernelBackend<D> {
         v.first()
             .copied()
             .ok_or_else(|| Error::device(self.dev.name(), op, "empty result"))
+    }
+
+    /// One `sumsq_partials_f32` launch per non-empty tensor into one partials buffer (the
+    /// tensors' partials side by side), one `sum_segments_f64` launch for every tensor's
+    /// total, one download.
+    fn sum_squares_each(&self, xs: &[&D::Buf]) -> Result<Vec<f64>> {
+        let op = "sum_squares_each";
+        let mut offsets = Vec::with_capacity(xs.len() + 1);
+        let mut at = 0usize;
+        offsets.push(0);
+        for (i, x) in xs.iter().enumerate() {
+            self.same_elem(op, Elem::F32, &[(&format!("xs[{i}]"), x)])?;
+            let len = self.dev.len(x);
+            at += if len == 0 { 0 } else { norm_parts(len) };
+            offsets.push(int(op, "partials", at)?);
+        }
+        if at == 0 {
+            return Ok(vec![0.0; xs.len()]);
+        }
+        let segments = int(op, "tensors", xs.len())?;
+        let mut guard = self.lock()?;
+        let st = &mut *guard;
+        let partials = scratch(&self.dev, &mut st.partials, Elem::F64, at)?;
+        for (x, w) in xs.iter().zip(offsets.windows(2)) {
+            let (lo, parts) = (w[0] as usize, (w[1] - w[0]) as usize);
+            if parts == 0 {
+                continue;
+            }
+            let cfg = Launch::linear(op, parts, BLOCK_THREADS)?;
+            let args = &mut [
+                KArg::Mut(&mut *partials, lo),
+                KArg::Ref(*x, 0),
+                KArg::Usize(self.dev.len(x)),
+            ];
+            // SAFETY: x holds len values; partials holds `parts` values past `lo` (it holds
+            // the last offset's count, `at`).
+            unsafe { self.launch("sumsq_partials_f32", cfg, args)? };
+        }
+        let slot = &mut st.meta[Meta::NormOffsets as usize];
+        let offs = meta_buf(&self.dev, slot, offsets.iter().copied())?;
+        let sums = scratch(&self.dev, &mut st.sums, Elem::F64, xs.len())?;
+        let cfg = Launch::linear(op, xs.len(), BLOCK_THREADS)?;
+        let args = &mut [
+            KArg::Mut(&mut *sums, 0),
+            KArg::Ref(&*partials, 0),
+            KArg::Ref(offs, 0),
+            KArg::I32(segments),
+        ];
+        // SAFETY: offsets holds segments + 1 ascending values up to `at`, the partials
+        // written above; sums holds at least `segments` values; one block per segment.
+        unsafe { self.launch("sum_segments_f64", cfg, args)? };
+        let mut v = self.dev.download_f64(sums)?;
+        if v.len() < xs.len() {
+            return Err(Error::device(self.dev.name(), op, "short result"));
+        }
+        v.truncate(xs.len());
+        Ok(v)
     }
 
     fn embedding(&self, out: &mut D::Buf, table: &D::Buf, ids: &[u32], h: usize) -> Result<()> {
@@ -463,15 +526,8 @@ impl<D: KernelDevice> Backend for KernelBackend<D> {
         kv_heads: usize,
         hd: usize,
     ) -> Result<()> {
-        let d = super::attention::Dims::new(
-            "attention_forward",
-            starts,
-            batch,
-            seq,
-            heads,
-            kv_heads,
-            hd,
-        )?;
+        let d = AttnDims::new("attention_forward", starts, batch, seq, heads, kv_heads, hd)?;
+        let d = super::attention::Dims::new(d)?;
         self.attn_forward(&d, out, lse, q, k, v, starts)
     }
 
@@ -493,7 +549,7 @@ impl<D: KernelDevice> Backend for KernelBackend<D> {
         kv_heads: usize,
         hd: usize,
     ) -> Result<()> {
-        let d = super::attention::Dims::new(
+        let d = AttnDims::new(
             "attention_backward",
             starts,
             batch,
@@ -502,6 +558,7 @@ impl<D: KernelDevice> Backend for KernelBackend<D> {
             kv_heads,
             hd,
         )?;
+        let d = super::attention::Dims::new(d)?;
         let grads = super::attention::Grads { dq, dk, dv };
         let saved = super::attention::Saved {
             dout,

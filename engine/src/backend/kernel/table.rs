@@ -184,6 +184,7 @@ fn table() -> &'static [Entry] {
             kernel!("cast_bf16_to_f32", (dst: W<f32>, src: R<bf16>, len: usize)),
             kernel!("sumsq_partials_f32", (partials: W<f64>, x: R<f32>, len: usize)),
             kernel!("sum_partials_f64", (out: W<f64>, partials: R<f64>, count: i32)),
+            kernel!("sum_segments_f64", (out: W<f64>, partials: R<f64>, offsets: R<i32>, segments: i32)),
         ]);
         t
     })
