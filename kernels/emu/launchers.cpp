@@ -99,6 +99,11 @@ EMU_LAUNCHER(selftest_atomics, (int* counter, float* fsum, const int* in), (coun
 EMU_LAUNCHER(selftest_divergent_barrier, (int* out), (out))
 EMU_LAUNCHER(selftest_bad_mask, (int* out), (out))
 EMU_LAUNCHER(selftest_missing_barrier, (float* out), (out))
+EMU_LAUNCHER(selftest_mma, (float* d, const unsigned* a, const unsigned* b, const float* c), (d, a, b, c))
+EMU_LAUNCHER(selftest_ldmatrix, (unsigned* out, const unsigned short* in, const int* rows, int words),
+             (out, in, rows, words))
+EMU_LAUNCHER(selftest_mma_partial_warp, (float* out), (out))
+EMU_LAUNCHER(selftest_ldmatrix_bad, (unsigned* out, const bf16* global, int mode), (out, global, mode))
 
 // Exposed for the bf16 rounding test: the emulator's float -> bf16 -> bits.
 extern "C" uint16_t emu_f32_to_bf16_bits(float f) { return __float2bfloat16_rn(f).x; }
