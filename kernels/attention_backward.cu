@@ -13,10 +13,12 @@
 // packed-sample rule (engine/src/backend/cpu/attention.rs), so attention never crosses samples.
 // Deterministic: every output element is written by exactly one thread, which sums in a fixed
 // order (query heads of the group in head order, query tiles in order, rows in order); no
-// atomics anywhere. CUDA cores only (fp32 FMA on shared-memory tiles); the emulator cannot run
-// mma.sync, and this version is the correct baseline a tensor-core kernel must match.
+// atomics anywhere. CUDA cores only (fp32 FMA on shared-memory tiles): the f32 mode's kernels,
+// and bf16's for hd 32; bf16 with hd 64 or 128 takes the tensor-core dkdv and dq of
+// attention_mma_backward.cu (after this file's dot kernel).
 // Neighbours: attention.cu (forward), attention_tiles.cuh (the shared-memory tiles both use),
-// common.cuh (conversions, warp reductions).
+// attention_mma_backward.cu (the tensor-core dkdv and dq), common.cuh (conversions, warp
+// reductions).
 #include "attention_tiles.cuh"
 
 // Warps (token × head pairs) per block of attention_backward_dot.

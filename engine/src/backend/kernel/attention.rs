@@ -1,11 +1,14 @@
 //! Attention on the kernel backend: causal GQA attention over packed rows with the semantics
 //! of `Backend::attention_forward` / `attention_backward` (the CPU backend's
-//! backend/cpu/attention.rs is the reference). The tile table of kernels/attention_tiles.cuh
-//! and the launch shapes of kernels/attention.cu and attention_backward.cu live here once:
-//! the forward takes the tiled kernel for head_dim 64 and 128 and the one-warp-per-query kernel
-//! for any other head_dim up to 256; the backward runs `attention_backward_dot` (D =
-//! rowsum(dout∘out) into an f32 workspace kept by the backend), then `dkdv`, then `dq` for
-//! head_dim 32, 64 or 128. Neighbours: ops.rs (the other ops), mod.rs (state, devices).
+//! backend/cpu/attention.rs is the reference). The tile tables and launch shapes of
+//! kernels/attention.cu, attention_backward.cu (CUDA cores, f32 accumulation) and
+//! attention_mma.cu, attention_mma_backward.cu (tensor cores: mma.sync on bf16 operands, f32
+//! accumulation) live here once. bf16 buffers with head_dim 64 or 128 take the tensor-core
+//! kernels both ways; otherwise the forward takes the tiled kernel for head_dim 64 and 128 and
+//! the one-warp-per-query kernel for any other head_dim up to 256 (f32 buffers: the
+//! CPU-comparable reference mode). The backward runs `attention_backward_dot` (D =
+//! rowsum(dout∘out) into an f32 workspace kept by the backend), then `dkdv`, then `dq` (head_dim
+//! 32, 64 or 128). Neighbours: ops.rs (the other ops), mod.rs (state, devices).
 
 use super::{meta_buf, scratch, Elem, KArg, KernelBackend, KernelDevice, Launch, Meta};
 use crate::error::{Error, Result};
@@ -29,6 +32,69 @@ pub fn backward_tiles(hd: usize) -> Option<(usize, usize)> {
         128 => Some((16, 16)),
         _ => None,
     }
+}
+
+/// Rows each block of a tensor-core kernel owns: 16 per warp, 4 warps (ATTN_MMA_ROWS in
+/// kernels/attention_mma.cuh).
+const MMA_ROWS: usize = 64;
+
+/// The tile rows of the tensor-core kernels for one head_dim (the instantiations in
+/// kernels/attention_mma.cu and attention_mma_backward.cu; a test checks): every block owns 64
+/// rows (query rows in the forward and dq, key rows in dkdv) and walks tiles of the other side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmaTiles {
+    /// Key rows per tile of `attention_forward_mma_hd*`.
+    pub forward_bk: usize,
+    /// Query rows per tile of `attention_backward_dkdv_mma_hd*`.
+    pub dkdv_bq: usize,
+    /// Key rows per tile of `attention_backward_dq_mma_hd*`.
+    pub dq_bk: usize,
+}
+
+impl MmaTiles {
+    /// Bytes of one bf16 tile row (`hd` values + 8 padding, MmaTile::LD).
+    fn row_bytes(hd: usize) -> usize {
+        2 * (hd + 8)
+    }
+    /// Dynamic shared memory of the forward: Q (64 rows), K and V (BK rows each).
+    pub fn forward_smem(&self, hd: usize) -> usize {
+        (MMA_ROWS + 2 * self.forward_bk) * Self::row_bytes(hd)
+    }
+    /// Dynamic shared memory of dkdv: K, V (64 rows), Q, dO (BQ rows), lse, D and start per
+    /// query row.
+    pub fn dkdv_smem(&self, hd: usize) -> usize {
+        (2 * MMA_ROWS + 2 * self.dkdv_bq) * Self::row_bytes(hd) + 12 * self.dkdv_bq
+    }
+    /// Dynamic shared memory of dq: Q, dO (64 rows), K, V (BK rows).
+    pub fn dq_smem(&self, hd: usize) -> usize {
+        (2 * MMA_ROWS + 2 * self.dq_bk) * Self::row_bytes(hd)
+    }
+}
+
+/// The tensor-core kernels' tiles for `hd` (64 and 128; bf16 storage only), `None` for other
+/// head dims. Sized so every kernel's shared memory stays under the 48 KiB any launch gets and
+/// ptxas fits its accumulators in registers without spills.
+pub fn mma_tiles(hd: usize) -> Option<MmaTiles> {
+    match hd {
+        64 => Some(MmaTiles {
+            forward_bk: 64,
+            dkdv_bq: 64,
+            dq_bk: 64,
+        }),
+        128 => Some(MmaTiles {
+            forward_bk: 32,
+            dkdv_bq: 16,
+            dq_bk: 16,
+        }),
+        _ => None,
+    }
+}
+
+/// True when attention on `elem` buffers with head_dim `hd` runs the tensor-core kernels, both
+/// ways: bf16 with hd 64 or 128. f32 buffers keep the CUDA-core kernels (the CPU-comparable
+/// reference mode).
+pub fn uses_tensor_cores(elem: Elem, hd: usize) -> bool {
+    elem == Elem::Bf16 && mma_tiles(hd).is_some()
 }
 
 /// True when the forward has a tiled kernel for `hd` (64 and 128; other head dims up to 256
@@ -179,8 +245,20 @@ impl Dims {
         }
     }
 
-    /// Grid of the tiled kernels: `ceil(seq / rows)` tiles × batch rows × `heads` heads.
+    /// Grid of the tiled kernels: `ceil(seq / rows)` tiles × batch rows × `heads` heads, 128
+    /// threads, the CUDA-core kernels' shared memory for hd.
     fn tile_grid(&self, rows: usize, heads: usize) -> Launch {
+        let smem = backward_smem_bytes(self.hd).unwrap_or(0);
+        self.rows_grid(rows, heads, smem)
+    }
+
+    /// Grid of the tensor-core kernels: 64-row blocks, `smem` bytes of dynamic shared memory.
+    fn mma_grid(&self, heads: usize, smem: usize) -> Launch {
+        self.rows_grid(MMA_ROWS, heads, smem)
+    }
+
+    /// `ceil(seq / rows)` blocks × batch rows × `heads` heads of 128 threads.
+    fn rows_grid(&self, rows: usize, heads: usize, smem: usize) -> Launch {
         Launch {
             grid: [
                 self.seq.div_ceil(rows) as u32,
@@ -188,7 +266,7 @@ impl Dims {
                 heads as u32,
             ],
             block: [ATTN_TILE_THREADS, 1, 1],
-            smem: backward_smem_bytes(self.hd).unwrap_or(0) as u32,
+            smem: smem as u32,
         }
     }
 
@@ -251,8 +329,9 @@ impl<D: KernelDevice> KernelBackend<D> {
         if d.n == 0 {
             return Ok(());
         }
+        let mma = mma_tiles(d.hd).filter(|_| uses_tensor_cores(e, d.hd));
         let tiled = forward_tiled(d.hd);
-        if tiled {
+        if tiled || mma.is_some() {
             d.grid_yz()?;
         }
         let mut guard = self.lock()?;
@@ -266,7 +345,11 @@ impl<D: KernelDevice> KernelBackend<D> {
             KArg::Ref(v, 0),
             KArg::Ref(st, 0),
         ];
-        let (name, cfg) = if tiled {
+        let (name, cfg) = if let Some(t) = mma {
+            args.extend([d.seq, d.heads, d.kv_heads].map(iarg));
+            let name = format!("attention_forward_mma_hd{}_bf16", d.hd);
+            (name, d.mma_grid(d.heads, t.forward_smem(d.hd)))
+        } else if tiled {
             let (bq, _) = backward_tiles(d.hd).unwrap_or((16, 16));
             args.extend([d.seq, d.heads, d.kv_heads].map(iarg));
             let name = format!("attention_forward_tiled_hd{}_{}", d.hd, e.suffix());
@@ -279,8 +362,8 @@ impl<D: KernelDevice> KernelBackend<D> {
         args.push(KArg::F32(d.scale()));
         // SAFETY: lengths checked for batch·seq tokens of heads (kv_heads) × hd values; the
         // starts were validated (each token's key range is non-empty and in its row); the grid
-        // covers exactly batch rows and heads query heads (tiled) or n·heads warps, and the
-        // shared memory is the kernel's documented size for hd.
+        // covers exactly batch rows and heads query heads (tiled, mma) or n·heads warps, and
+        // the shared memory is the kernel's documented size for hd.
         unsafe { self.launch(&name, cfg, &mut args) }
     }
 
@@ -352,6 +435,31 @@ impl<D: KernelDevice> KernelBackend<D> {
             )?
         };
 
+        // The tensor-core kernels for bf16 with hd 64 or 128, else the CUDA-core ones; both
+        // families take the same arguments.
+        let mma = mma_tiles(d.hd).filter(|_| uses_tensor_cores(e, d.hd));
+        let ((dkdv, dkdv_cfg), (dq, dq_cfg)) = match mma {
+            Some(t) => (
+                (
+                    format!("attention_backward_dkdv_mma_hd{}_bf16", d.hd),
+                    d.mma_grid(d.kv_heads, t.dkdv_smem(d.hd)),
+                ),
+                (
+                    format!("attention_backward_dq_mma_hd{}_bf16", d.hd),
+                    d.mma_grid(d.heads, t.dq_smem(d.hd)),
+                ),
+            ),
+            None => (
+                (
+                    format!("attention_backward_dkdv_hd{}_{sfx}", d.hd),
+                    d.tile_grid(bk, d.kv_heads),
+                ),
+                (
+                    format!("attention_backward_dq_hd{}_{sfx}", d.hd),
+                    d.tile_grid(bq, d.heads),
+                ),
+            ),
+        };
         let mut args = vec![
             KArg::Mut(g.dk, 0),
             KArg::Mut(g.dv, 0),
@@ -365,10 +473,9 @@ impl<D: KernelDevice> KernelBackend<D> {
         ];
         args.extend(ints([d.seq, d.heads, d.kv_heads]));
         args.push(KArg::F32(d.scale()));
-        let name = format!("attention_backward_dkdv_hd{}_{sfx}", d.hd);
         // SAFETY: lengths checked for batch·seq tokens; the grid covers batch rows and
         // kv_heads heads; hd selects the kernel compiled for it and smem is its tile size.
-        unsafe { self.launch(&name, d.tile_grid(bk, d.kv_heads), &mut args)? };
+        unsafe { self.launch(&dkdv, dkdv_cfg, &mut args)? };
 
         let mut args = vec![
             KArg::Mut(g.dq, 0),
@@ -382,9 +489,8 @@ impl<D: KernelDevice> KernelBackend<D> {
         ];
         args.extend(ints([d.seq, d.heads, d.kv_heads]));
         args.push(KArg::F32(d.scale()));
-        let name = format!("attention_backward_dq_hd{}_{sfx}", d.hd);
         // SAFETY: as the dkdv launch, with the grid covering batch rows and heads query heads.
-        unsafe { self.launch(&name, d.tile_grid(bq, d.heads), &mut args) }
+        unsafe { self.launch(&dq, dq_cfg, &mut args) }
     }
 }
 
@@ -424,6 +530,66 @@ mod tests {
         }
         assert!(!forward_tiled(32) && !forward_tiled(96));
         assert!(src.contains(&format!("#define ATTN_BWD_DOT_WARPS {ATTN_WARPS}")));
+    }
+
+    /// The numbers in `MACRO(a, b, …)` instantiation lines of `src`.
+    fn instantiations(src: &str, mac: &str) -> Vec<Vec<usize>> {
+        src.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{mac}(")))
+            .map(|rest| {
+                rest.trim_end_matches(')')
+                    .split(',')
+                    .map(|x| x.trim().parse().expect("a number"))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mma_tile_table_matches_the_kernel_files() {
+        let fwd = include_str!("../../../../kernels/attention_mma.cu");
+        let bwd = include_str!("../../../../kernels/attention_mma_backward.cu");
+        let common = include_str!("../../../../kernels/attention_mma.cuh");
+        assert!(common.contains(&format!("#define ATTN_MMA_WARPS {}", MMA_ROWS / 16)));
+        assert!(common.contains("#define ATTN_MMA_THREADS (32 * ATTN_MMA_WARPS)"));
+        assert_eq!(
+            ATTN_TILE_THREADS as usize,
+            2 * MMA_ROWS,
+            "128 threads, 64 rows"
+        );
+        let f = instantiations(fwd, "ATTENTION_FORWARD_MMA");
+        let b = instantiations(bwd, "ATTENTION_BACKWARD_MMA");
+        assert_eq!(f.len(), 2);
+        assert_eq!(b.len(), 2);
+        for (f, b) in f.iter().zip(&b) {
+            let hd = f[0];
+            assert_eq!(b[0], hd);
+            let t = mma_tiles(hd).expect("tiles for an instantiated head_dim");
+            assert_eq!(
+                (t.forward_bk, t.dkdv_bq, t.dq_bk),
+                (f[1], b[1], b[2]),
+                "hd {hd}"
+            );
+            for smem in [t.forward_smem(hd), t.dkdv_smem(hd), t.dq_smem(hd)] {
+                assert!(smem <= 48 * 1024, "hd {hd}: {smem} bytes");
+            }
+        }
+        // The byte counts of the launch comments, for hd 64 and 128.
+        let t = mma_tiles(64).unwrap();
+        assert_eq!(
+            (t.forward_smem(64), t.dkdv_smem(64), t.dq_smem(64)),
+            (27_648, 37_632, 36_864)
+        );
+        let t = mma_tiles(128).unwrap();
+        assert_eq!(
+            (t.forward_smem(128), t.dkdv_smem(128), t.dq_smem(128)),
+            (34_816, 43_712, 43_520)
+        );
+        assert_eq!(mma_tiles(32), None);
+        // bf16 with hd 64/128 takes them; f32 (the reference mode) and other head dims do not.
+        assert!(uses_tensor_cores(Elem::Bf16, 64) && uses_tensor_cores(Elem::Bf16, 128));
+        assert!(!uses_tensor_cores(Elem::F32, 64) && !uses_tensor_cores(Elem::F32, 128));
+        assert!(!uses_tensor_cores(Elem::Bf16, 32) && !uses_tensor_cores(Elem::Bf16, 96));
     }
 
     #[test]
