@@ -1,6 +1,6 @@
 // kernels/attention_backward.cu: the backward of causal GQA attention with packed samples
 // (the forward is attention.cu, which saves the per-row log-sum-exp). Three kernels, run in
-// this order by the launcher (engine/src/backend/cuda/attention.rs):
+// this order by the launcher (engine/src/backend/kernel/attention.rs):
 //   1. attention_backward_dot:  D[t, h] = Σ_d dout[t, h, d]·out[t, h, d]
 //   2. attention_backward_dkdv: dK, dV of one key tile of one kv head (all its query heads)
 //   3. attention_backward_dq:   dQ of one query tile of one query head
@@ -216,7 +216,7 @@ __device__ void attention_backward_dq_impl(T* __restrict__ dq, const T* __restri
 }
 
 // Tile sizes per head_dim (BQ query rows, BK key rows): the table in attention_tiles.cuh, which
-// engine/src/backend/cuda/attention.rs repeats (a test checks).
+// engine/src/backend/kernel/attn_tiles.rs repeats (a test checks).
 #define ATTENTION_BACKWARD_HD(T, S, HD, BQ, BK)                                                                  \
   extern "C" __global__ void __launch_bounds__(ATTN_TILE_THREADS)                                              \
       attention_backward_dkdv_hd##HD##_##S(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout,   \

@@ -112,7 +112,7 @@ __device__ void attention_forward_mma_impl(bf16* __restrict__ out, float* __rest
   }
 }
 
-// Instantiations (HD, BK); engine/src/backend/kernel/attention.rs repeats the table (a test
+// Instantiations (HD, BK); engine/src/backend/kernel/attn_tiles.rs repeats the table (a test
 // checks).
 #define ATTENTION_FORWARD_MMA(HD, BK)                                                                     \
   extern "C" __global__ void __launch_bounds__(ATTN_MMA_THREADS)                                         \

@@ -190,7 +190,7 @@ __device__ void attention_backward_dq_mma_impl(bf16* __restrict__ dq, const bf16
   mma_rows_store<HD>(dq + (row0 + rows.w0) * qw + (size_t)h * HD, qw, mine, mma_warp_rows(qn, warp));
 }
 
-// Instantiations (HD, BQ of dkdv, BK of dq); engine/src/backend/kernel/attention.rs repeats the
+// Instantiations (HD, BQ of dkdv, BK of dq); engine/src/backend/kernel/attn_tiles.rs repeats the
 // table (a test checks).
 #define ATTENTION_BACKWARD_MMA(HD, BQ, BK)                                                                  \
   extern "C" __global__ void __launch_bounds__(ATTN_MMA_THREADS)                                           \

@@ -9,7 +9,7 @@
 //! summation orders separate them: tolerance `atol + |ref|·rtol` with `atol` a fraction of the
 //! tensor's largest reference value. Every case runs under both emulator schedules and must
 //! give bit-identical results (no atomics, fixed orders). Launch shapes follow the comments
-//! above the kernels and engine/src/backend/kernel/attention.rs (whose CUDA-core tile table
+//! above the kernels and engine/src/backend/kernel/attn_tiles.rs (whose CUDA-core tile table
 //! `tiles` repeats; the tensor-core one comes from `mma_tiles`, and a wrong shared-memory size
 //! fails the emulator's bounds checks). FFI declarations: kernels_emu_attention/ffi.rs.
 //! Run: `cargo test --test kernels_emu_attention`.
@@ -353,8 +353,9 @@ fn check_case<T: Elem>(c: &Case, seed: u64) {
     // bf16: u = 2^-9 per rounding. The outputs' own rounding is u·|ref| (inside rtol); the
     // tensor-core path also rounds P and dS to bf16 before their mma, an error bounded by
     // u·Σ_j P_ij·|v_j| <= u·max|v| for out (and alike for the gradients), which atol covers
-    // at afrac = 1e-2 ≈ 5u of the largest reference value. The emulator gave at most 0.3 of
-    // this tolerance (2026-12-07).
+    // at afrac = 1e-2 ≈ 5u of the largest reference value. (A scratch check of the
+    // tensor-core kernels on the emulator against an f64 reference, 2026-12-07, used at most
+    // 0.3 of this tolerance.)
     let (afrac, rtol) = if T::NAME == "bf16" {
         (1e-2, T::RTOL)
     } else {

@@ -18,10 +18,11 @@
 //! (all of an op's activations share one dtype; `lse`, `rstd`, RoPE tables and optimiser state
 //! stay f32); GEMMs take bf16 operands with an f32 or bf16 result.
 //! Files: `table.rs` (kernel signatures + emulator FFI), `emu.rs` (EmuDevice), `ops.rs` (the
-//! `Backend` impl), `attention.rs` (attention tiles and launches), `rope.rs`, `xent.rs`
-//! (cross-entropy).
+//! `Backend` impl), `attention.rs` (attention launches), `attn_tiles.rs` (their tile tables),
+//! `rope.rs`, `xent.rs` (cross-entropy).
 
-mod attention; // attention_forward, attention_backward: kernel choice (CUDA or tensor cores), tiles, grids
+mod attention; // attention_forward, attention_backward: checks, grids, the three backward launches
+mod attn_tiles; // attention tile tables (CUDA-core and tensor-core kernels), which family a call takes
 mod emu; // EmuDevice, EmuBuf: the kernel emulator as a device
 mod ops; // impl Backend for KernelBackend
 mod rope; // rope: checks, positions upload, one launch
@@ -32,9 +33,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use half::bf16;
 
-pub use attention::{
-    backward_smem_bytes, backward_tiles, check_starts, forward_tiled, mma_tiles, uses_tensor_cores,
-    MmaTiles,
+pub use attention::check_starts;
+pub use attn_tiles::{
+    backward_smem_bytes, backward_tiles, forward_tiled, mma_tiles, uses_tensor_cores, MmaTiles,
 };
 pub use emu::{EmuBuf, EmuDevice};
 pub use table::{kernel_names, signature, Param};
