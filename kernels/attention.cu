@@ -3,7 +3,9 @@
 // contract: a tiled one for head_dim 64 and 128 (query × key tiles in shared memory, CUDA cores)
 // and a simple one for any head_dim up to 256 (one warp per query token and head). (A tiled
 // hd 32 instance spills a few registers under ptxas 13.0, so hd 32 takes the simple kernel.)
-// Neighbours: attention_tiles.cuh (tiles), common.cuh (warp reductions), rope.cu.
+// f32 buffers run these kernels; bf16 ones with hd 64 or 128 take the tensor-core forward of
+// attention_mma.cu (same contract). Neighbours: attention_tiles.cuh (tiles), attention_mma.cu,
+// common.cuh (warp reductions), rope.cu.
 #include "attention_tiles.cuh"
 
 // Largest head_dim supported (each lane keeps ATTN_MAX_HD/32 output accumulators).

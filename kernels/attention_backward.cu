@@ -1,6 +1,6 @@
 // kernels/attention_backward.cu: the backward of causal GQA attention with packed samples
 // (the forward is attention.cu, which saves the per-row log-sum-exp). Three kernels, run in
-// this order by the launcher (engine/src/backend/cuda/attention.rs):
+// this order by the launcher (engine/src/backend/kernel/attention.rs):
 //   1. attention_backward_dot:  D[t, h] = Σ_d dout[t, h, d]·out[t, h, d]
 //   2. attention_backward_dkdv: dK, dV of one key tile of one kv head (all its query heads)
 //   3. attention_backward_dq:   dQ of one query tile of one query head
@@ -13,10 +13,12 @@
 // packed-sample rule (engine/src/backend/cpu/attention.rs), so attention never crosses samples.
 // Deterministic: every output element is written by exactly one thread, which sums in a fixed
 // order (query heads of the group in head order, query tiles in order, rows in order); no
-// atomics anywhere. CUDA cores only (fp32 FMA on shared-memory tiles); the emulator cannot run
-// mma.sync, and this version is the correct baseline a tensor-core kernel must match.
+// atomics anywhere. CUDA cores only (fp32 FMA on shared-memory tiles): the f32 mode's kernels,
+// and bf16's for hd 32; bf16 with hd 64 or 128 takes the tensor-core dkdv and dq of
+// attention_mma_backward.cu (after this file's dot kernel).
 // Neighbours: attention.cu (forward), attention_tiles.cuh (the shared-memory tiles both use),
-// common.cuh (conversions, warp reductions).
+// attention_mma_backward.cu (the tensor-core dkdv and dq), common.cuh (conversions, warp
+// reductions).
 #include "attention_tiles.cuh"
 
 // Warps (token × head pairs) per block of attention_backward_dot.
@@ -214,7 +216,7 @@ __device__ void attention_backward_dq_impl(T* __restrict__ dq, const T* __restri
 }
 
 // Tile sizes per head_dim (BQ query rows, BK key rows): the table in attention_tiles.cuh, which
-// engine/src/backend/cuda/attention.rs repeats (a test checks).
+// engine/src/backend/kernel/attn_tiles.rs repeats (a test checks).
 #define ATTENTION_BACKWARD_HD(T, S, HD, BQ, BK)                                                                  \
   extern "C" __global__ void __launch_bounds__(ATTN_TILE_THREADS)                                              \
       attention_backward_dkdv_hd##HD##_##S(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout,   \

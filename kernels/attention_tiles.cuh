@@ -21,7 +21,7 @@
 //   rows at one column hits 32 banks), P, dS [BQ][BK+1] fp32, L, D [BQ] fp32,
 //   ST (sample starts) [BQ] int32. The forward uses P for the scores/probabilities, L and D for
 //   the running max and sum, the first BQ words of dS for the rescale factors; dO is unused.
-// Bytes = 4·((2·BK + 2·BQ)·(HD+1) + 2·BQ·(BK+1) + 3·BQ); engine/src/backend/cuda/attention.rs
+// Bytes = 4·((2·BK + 2·BQ)·(HD+1) + 2·BQ·(BK+1) + 3·BQ); engine/src/backend/kernel/attn_tiles.rs
 // computes the same. Tiles per head_dim (BQ×BK): 32 and 64 → 32×32 (≤ 42 KiB), 128 → 16×16
 // (35 KiB), under the 48 KiB every launch gets without opting in.
 template <int HD, int BQ, int BK>

@@ -103,3 +103,60 @@ __device__ __forceinline__ float atomic_max_float(float* addr, float v) {
   }
   return __int_as_float(old);
 }
+
+// ---- tensor cores (sm_80 and later) ----------------------------------------------------------
+// acc += A·B on one warp: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32. Fragments (PTX
+// ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"), lane = 4g + t, two bf16
+// per register with the lower column (A) or row (B) in the low half:
+//   A 16×16: a[0] row g, columns 2t, 2t+1; a[1] row g+8, the same columns; a[2] row g, columns
+//            2t+8, 2t+9; a[3] row g+8, columns 2t+8, 2t+9.
+//   B 16×8:  b[0] rows 2t, 2t+1 of column g; b[1] rows 2t+8, 2t+9 of column g.
+//   C/D 16×8 (f32): acc[0], acc[1] row g, columns 2t, 2t+1; acc[2], acc[3] row g+8.
+// Every lane of the warp calls it together. The sum order inside is the hardware's (the
+// emulator: acc + Σ_k in k order, in f32).
+__device__ __forceinline__ void mma_bf16_16816(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDACC__)
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  emu::mma_m16n8k16_bf16(acc, a, b);
+#endif
+}
+
+// N (1, 2 or 4) 8×8 bf16 matrices from shared memory into registers, one warp together:
+// ldmatrix.sync.aligned.m8n8.xN[.trans].shared.b16. Lane l passes the 16-byte-aligned address of
+// row l%8 of matrix l/8 (lanes >= 8N pass anything). Register j of lane 4g + t holds matrix
+// j's row g, columns 2t and 2t+1 (low half first), or with TRANS its column g, rows 2t and 2t+1
+// — the A/B fragment pieces of mma_bf16_16816 (TRANS for a B stored row-major as [k][n]).
+template <int N, bool TRANS>
+__device__ __forceinline__ void ldmatrix_b16(uint32_t (&r)[N], const bf16* row) {
+  static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
+#if defined(__CUDACC__)
+  const unsigned p = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if constexpr (N == 4 && TRANS) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(p));
+  } else if constexpr (N == 4) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(p));
+  } else if constexpr (N == 2 && TRANS) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(p));
+  } else if constexpr (N == 2) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(p));
+  } else if constexpr (TRANS) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(p));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(p));
+  }
+#else
+  emu::ldmatrix_m8n8(r, N, TRANS, row);
+#endif
+}
+
+// Two floats as one register of two bf16 (round to nearest even; `lo` in the low half).
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}

@@ -1,6 +1,7 @@
 //! Attention of the CUDA backend (engine/src/backend/kernel/attention.rs on `CudaDevice`) on GPU 0
 //! against the CPU backend: causal GQA attention over packed rows, head_dim 64 and 128, f32
-//! and bf16 storage (the CPU runs on the same rounded inputs), tolerance `atol + |ref|·rtol`;
+//! (CUDA-core kernels) and bf16 storage (tensor-core kernels, kernels/attention_mma*.cu; the
+//! CPU runs on the same rounded inputs), tolerance `atol + |ref|·rtol`;
 //! two backward runs bit-identical; shape and dtype errors. Without the `cuda` feature this
 //! file is empty; without a usable GPU each test prints why it skips (set
 //! GRADIENTS_REQUIRE_GPU=1 to make that a failure, for runs on a GPU machine). The same

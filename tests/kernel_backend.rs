@@ -53,6 +53,18 @@ fn attention_matches_cpu_for_every_head_dim() {
     }
 }
 
+/// bf16 buffers: hd 64 and 128 take the tensor-core kernels (kernels/attention_mma*.cu), hd 32
+/// the CUDA-core ones; all against the CPU backend on the bf16-rounded inputs, with packed rows
+/// longer than one 64-row block.
+#[test]
+fn attention_in_bf16_matches_cpu_for_every_head_dim() {
+    let be = emu().with_precision(Precision::Bf16);
+    for hd in [64, 128, 32] {
+        ops::attention(&be, hd, &[5, 11, 3]);
+        ops::attention(&be, hd, &[70, 1, 29]);
+    }
+}
+
 #[test]
 fn llama_steps_match_cpu_and_repeat_bit_for_bit() {
     for hd in [32, 64] {

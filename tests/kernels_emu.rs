@@ -3,7 +3,8 @@
 //! compared with plain f64 references written here, with tolerance `atol + |ref|·rtol`
 //! (rtol 1e-2 for bf16 storage, 1e-5 for f32). Outputs start as NaN so unwritten elements
 //! fail. This file holds the emulator self-tests and the ptxas report check (`--features
-//! cuda`); kernels_emu/ops.rs and attention.rs the per-family tests, paths.rs pack-vs-scalar
+//! cuda`); kernels_emu/ops.rs and attention.rs the per-family tests, mma.rs the tensor-core
+//! collectives (mma.sync, ldmatrix) against the PTX fragment layouts, paths.rs pack-vs-scalar
 //! bit identity, vs_cpu.rs the kernels against the CPU backend, ffi.rs the FFI and helpers.
 //! Run: `cargo test --test kernels_emu` (add `--features cuda` for the ptxas check).
 
@@ -11,6 +12,8 @@
 mod attention;
 #[path = "kernels_emu/ffi.rs"]
 mod ffi;
+#[path = "kernels_emu/mma.rs"]
+mod mma;
 #[path = "kernels_emu/ops.rs"]
 mod ops;
 #[path = "kernels_emu/paths.rs"]

@@ -1,285 +1,29 @@
-//! Attention forward and backward kernels (kernels/attention.cu, kernels/attention_backward.cu)
-//! through the CPU emulator against the engine's CPU backend, the reference semantics: causal
-//! GQA attention over packed rows (2–3 samples per row, attention never crossing a sample),
-//! head_dim 32, 64 and 128, f32 and bf16 storage. The CPU backend runs on the very values the
-//! kernels read (bf16 inputs widened exactly), so only the kernels' own roundings (bf16 `out`
-//! feeding D, bf16 gradients) and summation orders separate them: tolerance
-//! `atol + |ref|·rtol` with `atol` a fraction of the tensor's largest reference value. Every
-//! case runs under both emulator schedules and must give bit-identical results (the backward
-//! has no atomics and fixed orders). Launch shapes follow the comments above the kernels and
-//! engine/src/backend/cuda/attention.rs (whose tile table `tiles` repeats).
+//! Attention forward and backward kernels (kernels/attention.cu, attention_backward.cu on CUDA
+//! cores; attention_mma.cu, attention_mma_backward.cu on tensor cores) through the CPU emulator
+//! against the engine's CPU backend, the reference semantics: causal GQA attention over packed
+//! rows (1–3 samples per row, attention never crossing a sample), head_dim 32, 64 and 128,
+//! GQA ratios 1 to 4, seq not a multiple of any tile, f32 and bf16 storage; bf16 with hd 64
+//! and 128 runs both the CUDA-core and the tensor-core kernels. The CPU backend runs on the
+//! very values the kernels read (bf16 inputs widened exactly), so only the kernels' own
+//! roundings (bf16 `out` feeding D, bf16 gradients, the tensor-core path's bf16 P and dS) and
+//! summation orders separate them: tolerance `atol + |ref|·rtol` with `atol` a fraction of the
+//! tensor's largest reference value. Every case runs under both emulator schedules and must
+//! give bit-identical results (no atomics, fixed orders). Launch shapes follow the comments
+//! above the kernels and engine/src/backend/kernel/attn_tiles.rs (whose CUDA-core tile table
+//! `tiles` repeats; the tensor-core one comes from `mma_tiles`, and a wrong shared-memory size
+//! fails the emulator's bounds checks). FFI declarations: kernels_emu_attention/ffi.rs.
 //! Run: `cargo test --test kernels_emu_attention`.
 
-use std::ffi::{c_void, CStr};
+#[path = "kernels_emu_attention/ffi.rs"]
+mod ffi;
 
+use std::ffi::c_void;
+
+use ffi::{check, sys, DkdvFn, DqFn, Elem, TiledFn};
 use gradients_engine::backend::cpu::CpuBackend;
+use gradients_engine::backend::kernel::mma_tiles;
 use gradients_engine::backend::Backend;
 use half::bf16;
-
-type VP = *mut c_void;
-type CP = *const c_void;
-
-mod sys {
-    use super::{CP, VP};
-    extern "C" {
-        pub fn emu_last_error() -> *const std::ffi::c_char;
-        pub fn emu_set_schedule(reverse: i32);
-    }
-    macro_rules! typed {
-        ($fwd:ident, $dot:ident, [$($tiled:ident),*], $(($dkdv:ident, $dq:ident)),*) => {
-            extern "C" {
-                $(
-                pub fn $tiled(gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, smem: usize,
-                    out: VP, lse: *mut f32, q: CP, k: CP, v: CP, starts: *const i32, seq: i32,
-                    heads: i32, kv_heads: i32, scale: f32) -> i32;
-                )*
-                pub fn $fwd(gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, smem: usize,
-                    out: VP, lse: *mut f32, q: CP, k: CP, v: CP, starts: *const i32, n: i32,
-                    seq: i32, heads: i32, kv_heads: i32, hd: i32, scale: f32) -> i32;
-                pub fn $dot(gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, smem: usize,
-                    dsum: *mut f32, dout: CP, out: CP, n: i32, heads: i32, hd: i32) -> i32;
-                $(
-                pub fn $dkdv(gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, smem: usize,
-                    dk: VP, dv: VP, q: CP, k: CP, v: CP, dout: CP, lse: *const f32,
-                    dsum: *const f32, starts: *const i32, seq: i32, heads: i32, kv_heads: i32,
-                    scale: f32) -> i32;
-                pub fn $dq(gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, smem: usize,
-                    dq: VP, q: CP, k: CP, v: CP, dout: CP, lse: *const f32, dsum: *const f32,
-                    starts: *const i32, seq: i32, heads: i32, kv_heads: i32, scale: f32) -> i32;
-                )*
-            }
-        };
-    }
-    typed!(
-        emu_launch_attention_forward_f32,
-        emu_launch_attention_backward_dot_f32,
-        [
-            emu_launch_attention_forward_tiled_hd64_f32,
-            emu_launch_attention_forward_tiled_hd128_f32
-        ],
-        (
-            emu_launch_attention_backward_dkdv_hd32_f32,
-            emu_launch_attention_backward_dq_hd32_f32
-        ),
-        (
-            emu_launch_attention_backward_dkdv_hd64_f32,
-            emu_launch_attention_backward_dq_hd64_f32
-        ),
-        (
-            emu_launch_attention_backward_dkdv_hd128_f32,
-            emu_launch_attention_backward_dq_hd128_f32
-        )
-    );
-    typed!(
-        emu_launch_attention_forward_bf16,
-        emu_launch_attention_backward_dot_bf16,
-        [
-            emu_launch_attention_forward_tiled_hd64_bf16,
-            emu_launch_attention_forward_tiled_hd128_bf16
-        ],
-        (
-            emu_launch_attention_backward_dkdv_hd32_bf16,
-            emu_launch_attention_backward_dq_hd32_bf16
-        ),
-        (
-            emu_launch_attention_backward_dkdv_hd64_bf16,
-            emu_launch_attention_backward_dq_hd64_bf16
-        ),
-        (
-            emu_launch_attention_backward_dkdv_hd128_bf16,
-            emu_launch_attention_backward_dq_hd128_bf16
-        )
-    );
-}
-
-fn check(rc: i32, what: &str) {
-    if rc != 0 {
-        // SAFETY: emu_last_error returns a NUL-terminated thread-local string, valid until
-        // this thread's next launch.
-        let why = unsafe { CStr::from_ptr(sys::emu_last_error()) }.to_string_lossy();
-        panic!("{what}: emulator launch failed ({rc}): {why}");
-    }
-}
-
-type FwdFn = unsafe extern "C" fn(
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    usize,
-    VP,
-    *mut f32,
-    CP,
-    CP,
-    CP,
-    *const i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    f32,
-) -> i32;
-type TiledFn = unsafe extern "C" fn(
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    usize,
-    VP,
-    *mut f32,
-    CP,
-    CP,
-    CP,
-    *const i32,
-    i32,
-    i32,
-    i32,
-    f32,
-) -> i32;
-type DotFn = unsafe extern "C" fn(
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    usize,
-    *mut f32,
-    CP,
-    CP,
-    i32,
-    i32,
-    i32,
-) -> i32;
-type DkdvFn = unsafe extern "C" fn(
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    usize,
-    VP,
-    VP,
-    CP,
-    CP,
-    CP,
-    CP,
-    *const f32,
-    *const f32,
-    *const i32,
-    i32,
-    i32,
-    i32,
-    f32,
-) -> i32;
-type DqFn = unsafe extern "C" fn(
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    usize,
-    VP,
-    CP,
-    CP,
-    CP,
-    CP,
-    *const f32,
-    *const f32,
-    *const i32,
-    i32,
-    i32,
-    i32,
-    f32,
-) -> i32;
-
-/// A storage dtype of the kernels and its launchers.
-trait Elem: Copy + bytemuck::Pod {
-    const NAME: &'static str;
-    /// Relative tolerance of values stored in this dtype.
-    const RTOL: f64;
-    const FWD: FwdFn;
-    /// (hd, tiled forward) per head_dim with a tiled forward.
-    const TILED: [(usize, TiledFn); 2];
-    const DOT: DotFn;
-    /// (hd, dkdv, dq) per supported head_dim.
-    const BWD: [(usize, DkdvFn, DqFn); 3];
-    fn from_f32(x: f32) -> Self;
-    fn to_f32(self) -> f32;
-}
-impl Elem for f32 {
-    const NAME: &'static str = "f32";
-    const RTOL: f64 = 1e-4;
-    const FWD: FwdFn = sys::emu_launch_attention_forward_f32;
-    const TILED: [(usize, TiledFn); 2] = [
-        (64, sys::emu_launch_attention_forward_tiled_hd64_f32),
-        (128, sys::emu_launch_attention_forward_tiled_hd128_f32),
-    ];
-    const DOT: DotFn = sys::emu_launch_attention_backward_dot_f32;
-    const BWD: [(usize, DkdvFn, DqFn); 3] = [
-        (
-            32,
-            sys::emu_launch_attention_backward_dkdv_hd32_f32,
-            sys::emu_launch_attention_backward_dq_hd32_f32,
-        ),
-        (
-            64,
-            sys::emu_launch_attention_backward_dkdv_hd64_f32,
-            sys::emu_launch_attention_backward_dq_hd64_f32,
-        ),
-        (
-            128,
-            sys::emu_launch_attention_backward_dkdv_hd128_f32,
-            sys::emu_launch_attention_backward_dq_hd128_f32,
-        ),
-    ];
-    fn from_f32(x: f32) -> Self {
-        x
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
-}
-impl Elem for bf16 {
-    const NAME: &'static str = "bf16";
-    const RTOL: f64 = 1.6e-2;
-    const FWD: FwdFn = sys::emu_launch_attention_forward_bf16;
-    const TILED: [(usize, TiledFn); 2] = [
-        (64, sys::emu_launch_attention_forward_tiled_hd64_bf16),
-        (128, sys::emu_launch_attention_forward_tiled_hd128_bf16),
-    ];
-    const DOT: DotFn = sys::emu_launch_attention_backward_dot_bf16;
-    const BWD: [(usize, DkdvFn, DqFn); 3] = [
-        (
-            32,
-            sys::emu_launch_attention_backward_dkdv_hd32_bf16,
-            sys::emu_launch_attention_backward_dq_hd32_bf16,
-        ),
-        (
-            64,
-            sys::emu_launch_attention_backward_dkdv_hd64_bf16,
-            sys::emu_launch_attention_backward_dq_hd64_bf16,
-        ),
-        (
-            128,
-            sys::emu_launch_attention_backward_dkdv_hd128_bf16,
-            sys::emu_launch_attention_backward_dq_hd128_bf16,
-        ),
-    ];
-    fn from_f32(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-}
 
 /// Tile rows (BQ, BK) per head_dim: the table in attention_tiles.cuh.
 fn tiles(hd: usize) -> (usize, usize) {
@@ -296,7 +40,9 @@ fn bwd_smem(hd: usize) -> usize {
     4 * ((2 * bk + 2 * bq) * (hd + 1) + 2 * bq * (bk + 1) + 3 * bq)
 }
 
-const BWD_THREADS: u32 = 128;
+/// Threads per block of every attention kernel (ATTN_TILE_THREADS, ATTN_MMA_THREADS and
+/// 32·ATTN_WARPS are all 128).
+const THREADS: u32 = 128;
 
 /// SplitMix64 for test data.
 struct Rng(u64);
@@ -386,19 +132,60 @@ struct Inputs<T> {
     starts: Vec<i32>,
 }
 
-/// The forward (the tiled kernel where one exists for `c.hd`, as the CUDA launcher picks,
-/// unless `simple_forward`) and the backward on `x`.
-fn run_kernels<T: Elem>(c: &Case, x: &Inputs<T>, simple_forward: bool) -> Got<T> {
+impl<T: Elem> Inputs<T> {
+    /// Random q, k (in ±2), v, dout (in ±1) for `c`, and its starts.
+    fn random(c: &Case, seed: u64) -> Self {
+        let n = c.batch * c.seq;
+        let (qw, kw) = (c.heads * c.hd, c.kv_heads * c.hd);
+        let mut rng = Rng(seed);
+        Inputs {
+            q: rng.vec(n * qw, 2.0),
+            k: rng.vec(n * kw, 2.0),
+            v: rng.vec(n * kw, 1.0),
+            dout: rng.vec(n * qw, 1.0),
+            starts: c.starts().iter().map(|&s| s as i32).collect(),
+        }
+    }
+}
+
+/// Which kernels run a case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// The one-warp-per-query forward, then the CUDA-core backward.
+    Simple,
+    /// The tiled CUDA-core forward where one exists for the head_dim (else the simple one), then
+    /// the CUDA-core backward: what f32 buffers take.
+    Tiled,
+    /// The tensor-core forward and backward: what bf16 buffers with hd 64 or 128 take.
+    Mma,
+}
+
+/// Grid (x, y, z) and dynamic shared memory bytes of one launch of 128 threads.
+type Geom = ([u32; 3], usize);
+
+/// The pointer `shift` values into `v`.
+fn at<T>(v: &[T], shift: usize) -> *const c_void {
+    v[shift..].as_ptr().cast()
+}
+fn at_mut<T>(v: &mut [T], shift: usize) -> *mut c_void {
+    v[shift..].as_mut_ptr().cast()
+}
+
+/// The forward and backward kernels of `path` on `x` (launch shapes from the comments above
+/// the kernels and engine/src/backend/kernel/attention.rs), every T buffer addressed `shift`
+/// values past its start: `x`'s vectors then lead with `shift` values, and shift 1 misaligns
+/// every pointer for 16-byte accesses.
+fn run_kernels<T: Elem>(c: &Case, x: &Inputs<T>, path: Path, shift: usize) -> Got<T> {
     let n = c.batch * c.seq;
     let (qw, kw) = (c.heads * c.hd, c.kv_heads * c.hd);
     let scale = (1.0 / (c.hd as f64).sqrt()) as f32;
     let nan = T::from_f32(f32::NAN);
     let mut g = Got {
-        out: vec![nan; n * qw],
+        out: vec![nan; shift + n * qw],
         lse: vec![f32::NAN; n * c.heads],
-        dq: vec![nan; n * qw],
-        dk: vec![nan; n * kw],
-        dv: vec![nan; n * kw],
+        dq: vec![nan; shift + n * qw],
+        dk: vec![nan; shift + n * kw],
+        dv: vec![nan; shift + n * kw],
     };
     let mut dsum = vec![f32::NAN; n * c.heads];
     let (ni, seq, heads, kvh, hd) = (
@@ -408,59 +195,78 @@ fn run_kernels<T: Elem>(c: &Case, x: &Inputs<T>, simple_forward: bool) -> Got<T>
         c.kv_heads as i32,
         c.hd as i32,
     );
-    let cp = |v: &Vec<T>| v.as_ptr().cast::<c_void>();
+    let (b, hq, hk) = (c.batch as u32, c.heads as u32, c.kv_heads as u32);
+    let tiles_of = |rows: usize| c.seq.div_ceil(rows) as u32;
+    // (forward with the tiled parameters, or None for the simple one), dkdv, dq, their geometry
+    type Kernels = (Option<TiledFn>, DkdvFn, DqFn, Geom, Geom, Geom);
+    let (fwd, dkdv, dq, fg, kg, qg): Kernels = if path == Path::Mma {
+        let &(_, f, dkdv, dq) = T::MMA
+            .iter()
+            .find(|m| m.0 == c.hd)
+            .expect("a tensor-core kernel for hd");
+        let t = mma_tiles(c.hd).expect("tensor-core tiles for hd");
+        let r = tiles_of(64);
+        (
+            Some(f),
+            dkdv,
+            dq,
+            ([r, b, hq], t.forward_smem(c.hd)),
+            ([r, b, hk], t.dkdv_smem(c.hd)),
+            ([r, b, hq], t.dq_smem(c.hd)),
+        )
+    } else {
+        let &(_, dkdv, dq) = T::BWD
+            .iter()
+            .find(|k| k.0 == c.hd)
+            .expect("a backward kernel for hd");
+        let (bq, bk) = tiles(c.hd);
+        let smem = bwd_smem(c.hd);
+        let tiled = T::TILED.iter().find(|t| t.0 == c.hd && path == Path::Tiled);
+        (
+            tiled.map(|t| t.1),
+            dkdv,
+            dq,
+            ([tiles_of(bq), b, hq], smem),
+            ([tiles_of(bk), b, hk], smem),
+            ([tiles_of(bq), b, hq], smem),
+        )
+    };
     let warps = (n * c.heads).div_ceil(4) as u32;
-    let (_, dkdv, dq) = *T::BWD
-        .iter()
-        .find(|b| b.0 == c.hd)
-        .expect("a backward kernel for hd");
-    let (bq, bk) = tiles(c.hd);
-    let smem = bwd_smem(c.hd);
+    let (q, k, v, dout, st) = (
+        at(&x.q, shift),
+        at(&x.k, shift),
+        at(&x.v, shift),
+        at(&x.dout, shift),
+        x.starts.as_ptr(),
+    );
+    let ([gx, gy, gz], smem) = fg;
     // SAFETY: the declarations match kernels/emu/launchers.cpp; every buffer holds the values
-    // the kernels' documented layouts address for these dims, and the grids are the ones
-    // documented above the kernels.
+    // the kernels' documented layouts address for these dims (past `shift`), and the grids
+    // are the ones documented above the kernels.
     unsafe {
-        let tiled = T::TILED.iter().find(|t| t.0 == c.hd && !simple_forward);
-        if let Some(&(_, f)) = tiled {
-            check(
+        let (out, lse) = (at_mut(&mut g.out, shift), g.lse.as_mut_ptr());
+        match fwd {
+            Some(f) => check(
                 f(
-                    c.seq.div_ceil(bq) as u32,
-                    c.batch as u32,
-                    c.heads as u32,
-                    BWD_THREADS,
-                    1,
-                    1,
-                    smem,
-                    g.out.as_mut_ptr().cast(),
-                    g.lse.as_mut_ptr(),
-                    cp(&x.q),
-                    cp(&x.k),
-                    cp(&x.v),
-                    x.starts.as_ptr(),
-                    seq,
-                    heads,
-                    kvh,
-                    scale,
+                    gx, gy, gz, THREADS, 1, 1, smem, out, lse, q, k, v, st, seq, heads, kvh, scale,
                 ),
-                "attention_forward_tiled",
-            );
-        } else {
-            let f = T::FWD;
-            check(
-                f(
+                "attention forward (tiled parameters)",
+            ),
+            None => check(
+                (T::FWD)(
                     warps,
                     1,
                     1,
-                    128,
+                    THREADS,
                     1,
                     1,
                     4 * c.hd * 4,
-                    g.out.as_mut_ptr().cast(),
-                    g.lse.as_mut_ptr(),
-                    cp(&x.q),
-                    cp(&x.k),
-                    cp(&x.v),
-                    x.starts.as_ptr(),
+                    out,
+                    lse,
+                    q,
+                    k,
+                    v,
+                    st,
                     ni,
                     seq,
                     heads,
@@ -469,76 +275,35 @@ fn run_kernels<T: Elem>(c: &Case, x: &Inputs<T>, simple_forward: bool) -> Got<T>
                     scale,
                 ),
                 "attention_forward",
-            );
-        }
-        let f = T::DOT;
-        check(
-            f(
-                warps,
-                1,
-                1,
-                128,
-                1,
-                1,
-                0,
-                dsum.as_mut_ptr(),
-                cp(&x.dout),
-                cp(&g.out),
-                ni,
-                heads,
-                hd,
             ),
+        }
+        let ds = dsum.as_mut_ptr();
+        check(
+            (T::DOT)(warps, 1, 1, THREADS, 1, 1, 0, ds, dout, out, ni, heads, hd),
             "attention_backward_dot",
         );
+        let (ds, lse) = (dsum.as_ptr(), g.lse.as_ptr());
+        let ([gx, gy, gz], smem) = kg;
+        let (dkp, dvp) = (at_mut(&mut g.dk, shift), at_mut(&mut g.dv, shift));
         check(
             dkdv(
-                c.seq.div_ceil(bk) as u32,
-                c.batch as u32,
-                c.kv_heads as u32,
-                BWD_THREADS,
-                1,
-                1,
-                smem,
-                g.dk.as_mut_ptr().cast(),
-                g.dv.as_mut_ptr().cast(),
-                cp(&x.q),
-                cp(&x.k),
-                cp(&x.v),
-                cp(&x.dout),
-                g.lse.as_ptr(),
-                dsum.as_ptr(),
-                x.starts.as_ptr(),
-                seq,
-                heads,
-                kvh,
-                scale,
+                gx, gy, gz, THREADS, 1, 1, smem, dkp, dvp, q, k, v, dout, lse, ds, st, seq, heads,
+                kvh, scale,
             ),
-            "attention_backward_dkdv",
+            "attention backward dkdv",
         );
+        let ([gx, gy, gz], smem) = qg;
+        let dqp = at_mut(&mut g.dq, shift);
         check(
             dq(
-                c.seq.div_ceil(bq) as u32,
-                c.batch as u32,
-                c.heads as u32,
-                BWD_THREADS,
-                1,
-                1,
-                smem,
-                g.dq.as_mut_ptr().cast(),
-                cp(&x.q),
-                cp(&x.k),
-                cp(&x.v),
-                cp(&x.dout),
-                g.lse.as_ptr(),
-                dsum.as_ptr(),
-                x.starts.as_ptr(),
-                seq,
-                heads,
-                kvh,
+                gx, gy, gz, THREADS, 1, 1, smem, dqp, q, k, v, dout, lse, ds, st, seq, heads, kvh,
                 scale,
             ),
-            "attention_backward_dq",
+            "attention backward dq",
         );
+    }
+    for buf in [&mut g.out, &mut g.dq, &mut g.dk, &mut g.dv] {
+        buf.drain(..shift);
     }
     g
 }
@@ -568,32 +333,10 @@ fn widen<T: Elem>(v: &[T]) -> Vec<f32> {
 /// Runs `c` in the emulator under both schedules (bit-identical) and compares with the CPU
 /// backend on the same (rounded) inputs.
 fn check_case<T: Elem>(c: &Case, seed: u64) {
-    let what = c.name::<T>();
     let n = c.batch * c.seq;
     let (qw, kw) = (c.heads * c.hd, c.kv_heads * c.hd);
-    let mut rng = Rng(seed);
     let starts = c.starts();
-    let x = Inputs::<T> {
-        q: rng.vec(n * qw, 2.0),
-        k: rng.vec(n * kw, 2.0),
-        v: rng.vec(n * kw, 1.0),
-        dout: rng.vec(n * qw, 1.0),
-        starts: starts.iter().map(|&s| s as i32).collect(),
-    };
-    let mut runs = Vec::new();
-    for reverse in [0, 1] {
-        // SAFETY: sets a thread-local flag of the emulator.
-        unsafe { sys::emu_set_schedule(reverse) };
-        runs.push(run_kernels(c, &x, false));
-    }
-    // SAFETY: as above.
-    unsafe { sys::emu_set_schedule(0) };
-    let got = runs.pop().expect("two runs");
-    assert!(
-        got.same_bits(&runs[0]),
-        "{what}: the two schedules gave different bits"
-    );
-
+    let x = Inputs::<T>::random(c, seed);
     let cpu = CpuBackend::<f32>::new();
     let (q, k, v, dout) = (widen(&x.q), widen(&x.k), widen(&x.v), widen(&x.dout));
     let (mut out, mut lse) = (vec![0f32; n * qw], vec![0f32; n * c.heads]);
@@ -607,15 +350,46 @@ fn check_case<T: Elem>(c: &Case, seed: u64) {
         c.kv_heads, c.hd,
     )
     .unwrap();
+    // bf16: u = 2^-9 per rounding. The outputs' own rounding is u·|ref| (inside rtol); the
+    // tensor-core path also rounds P and dS to bf16 before their mma, an error bounded by
+    // u·Σ_j P_ij·|v_j| <= u·max|v| for out (and alike for the gradients), which atol covers
+    // at afrac = 1e-2 ≈ 5u of the largest reference value. (A scratch check of the
+    // tensor-core kernels on the emulator against an f64 reference, 2026-12-07, used at most
+    // 0.3 of this tolerance.)
     let (afrac, rtol) = if T::NAME == "bf16" {
         (1e-2, T::RTOL)
     } else {
         (2e-5, T::RTOL)
     };
-    assert_close::<f32>(&format!("{what} lse"), &got.lse, &lse, 1e-5, 1e-5);
+    let mut paths = vec![Path::Tiled];
+    if T::MMA.iter().any(|m| m.0 == c.hd) {
+        paths.push(Path::Mma);
+    }
+    for path in paths {
+        let what = format!("{} ({path:?})", c.name::<T>());
+        let mut runs = Vec::new();
+        for reverse in [0, 1] {
+            // SAFETY: sets a thread-local flag of the emulator.
+            unsafe { sys::emu_set_schedule(reverse) };
+            runs.push(run_kernels(c, &x, path, 0));
+        }
+        // SAFETY: as above.
+        unsafe { sys::emu_set_schedule(0) };
+        let got = runs.pop().expect("two runs");
+        assert!(
+            got.same_bits(&runs[0]),
+            "{what}: the two schedules gave different bits"
+        );
+        assert_close::<f32>(&format!("{what} lse"), &got.lse, &lse, 1e-5, 1e-5);
+        assert_close(&format!("{what} out"), &got.out, &out, afrac, rtol);
+        assert_close(&format!("{what} dq"), &got.dq, &dq, afrac, rtol);
+        assert_close(&format!("{what} dk"), &got.dk, &dk, afrac, rtol);
+        assert_close(&format!("{what} dv"), &got.dv, &dv, afrac, rtol);
+    }
     if T::TILED.iter().any(|t| t.0 == c.hd) {
         // The simple (one warp per query) forward keeps the same contract.
-        let simple = run_kernels(c, &x, true);
+        let what = c.name::<T>();
+        let simple = run_kernels(c, &x, Path::Simple, 0);
         assert_close::<f32>(&format!("{what} simple lse"), &simple.lse, &lse, 1e-5, 1e-5);
         assert_close(
             &format!("{what} simple out"),
@@ -625,10 +399,6 @@ fn check_case<T: Elem>(c: &Case, seed: u64) {
             rtol,
         );
     }
-    assert_close(&format!("{what} out"), &got.out, &out, afrac, rtol);
-    assert_close(&format!("{what} dq"), &got.dq, &dq, afrac, rtol);
-    assert_close(&format!("{what} dk"), &got.dk, &dk, afrac, rtol);
-    assert_close(&format!("{what} dv"), &got.dv, &dv, afrac, rtol);
 }
 
 fn cases() -> Vec<Case> {
@@ -669,6 +439,25 @@ fn cases() -> Vec<Case> {
             hd: 64,
             lens: vec![33, 7],
         },
+        // hd 128, GQA 3:1, three query blocks of the tensor-core kernels: a sample ending on a
+        // 64-row block boundary, a single-token one, a ragged last block.
+        Case {
+            batch: 1,
+            seq: 135,
+            heads: 3,
+            kv_heads: 1,
+            hd: 128,
+            lens: vec![64, 1, 70],
+        },
+        // hd 64 without GQA, two rows, a sample boundary inside the first 64-row block.
+        Case {
+            batch: 2,
+            seq: 100,
+            heads: 2,
+            kv_heads: 2,
+            hd: 64,
+            lens: vec![17, 83],
+        },
         // hd 32, single-token samples beside a long one.
         Case {
             batch: 2,
@@ -696,6 +485,53 @@ fn attention_backward_bf16_matches_cpu_backend() {
 }
 
 #[test]
+fn mma_kernels_give_the_same_bits_on_misaligned_buffers() {
+    // Shift 1: every bf16 pointer sits 2 bytes past a 16-byte boundary, so the tile loads and
+    // row stores take their 2-byte path instead of the 16-byte one.
+    let cases = [
+        Case {
+            batch: 1,
+            seq: 70,
+            heads: 2,
+            kv_heads: 1,
+            hd: 64,
+            lens: vec![40, 30],
+        },
+        Case {
+            batch: 1,
+            seq: 40,
+            heads: 2,
+            kv_heads: 2,
+            hd: 128,
+            lens: vec![9, 31],
+        },
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        let x = Inputs::<bf16>::random(c, 700 + i as u64);
+        assert_eq!(
+            x.q.as_ptr() as usize % 16,
+            0,
+            "the allocator's 16-byte alignment"
+        );
+        let pad = |v: &[bf16]| [&[bf16::ZERO][..], v].concat();
+        let shifted = Inputs::<bf16> {
+            q: pad(&x.q),
+            k: pad(&x.k),
+            v: pad(&x.v),
+            dout: pad(&x.dout),
+            starts: x.starts.clone(),
+        };
+        let aligned = run_kernels(c, &x, Path::Mma, 0);
+        let misaligned = run_kernels(c, &shifted, Path::Mma, 1);
+        assert!(
+            aligned.same_bits(&misaligned),
+            "{}: 16-byte and 2-byte paths differ",
+            c.name::<bf16>()
+        );
+    }
+}
+
+#[test]
 fn packed_row_equals_its_samples_run_alone() {
     // A row packing samples [a | b] gives a and b the outputs and gradients they get alone in a
     // row: nothing of one sample reaches the other. (Equal up to rounding only: the forward's
@@ -712,16 +548,9 @@ fn packed_row_equals_its_samples_run_alone() {
         hd,
         lens: vec![la, lb],
     };
-    let mut rng = Rng(77);
     let (qw, kw) = (heads * hd, kv_heads * hd);
-    let x = Inputs::<f32> {
-        q: rng.vec(seq * qw, 2.0),
-        k: rng.vec(seq * kw, 2.0),
-        v: rng.vec(seq * kw, 1.0),
-        dout: rng.vec(seq * qw, 1.0),
-        starts: packed.starts().iter().map(|&s| s as i32).collect(),
-    };
-    let whole = run_kernels(&packed, &x, false);
+    let x = Inputs::<f32>::random(&packed, 77);
+    let whole = run_kernels(&packed, &x, Path::Tiled, 0);
     for (lo, len) in [(0, la), (la, lb)] {
         let alone = Case {
             batch: 1,
@@ -739,7 +568,7 @@ fn packed_row_equals_its_samples_run_alone() {
             dout: part(&x.dout, qw),
             starts: vec![0; len],
         };
-        let g = run_kernels(&alone, &xa, false);
+        let g = run_kernels(&alone, &xa, Path::Tiled, 0);
         for (name, a, b, w) in [
             ("out", &g.out, &whole.out, qw),
             ("dq", &g.dq, &whole.dq, qw),
@@ -766,6 +595,11 @@ fn ptxas_report_has_the_attention_kernels_without_spills() {
         for hd in [32, 64, 128] {
             names.push(format!("attention_backward_dkdv_hd{hd}_{s}"));
             names.push(format!("attention_backward_dq_hd{hd}_{s}"));
+        }
+    }
+    for hd in [64, 128] {
+        for k in ["forward", "backward_dkdv", "backward_dq"] {
+            names.push(format!("attention_{k}_mma_hd{hd}_bf16"));
         }
     }
     for name in &names {

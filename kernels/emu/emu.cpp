@@ -71,6 +71,7 @@ constexpr size_t kStackBytes = 64 * 1024;
 constexpr size_t kGuardBytes = 256;
 constexpr unsigned char kGuard = 0xA5;
 constexpr unsigned char kPoison = 0xFF;
+constexpr unsigned kMmaWords = 6;  // per lane: the A fragment (4 registers), then B (2)
 
 struct Fiber {
 #if EMU_FAST_SWITCH
@@ -95,6 +96,7 @@ struct Sched {
   std::unique_ptr<Fiber[]> fibers;
   char* stacks = nullptr;  // n * kStackBytes, owned by t_stacks
   std::vector<uint64_t> slots;  // 32 per warp
+  std::vector<uint32_t> wide;   // 32 × kMmaWords per warp: the mma exchange
   unsigned n = 0;
   unsigned cur = 0;
   const std::function<void()>* body = nullptr;
@@ -310,6 +312,86 @@ void fail(const char* fmt, ...) {
   std::abort();  // a failed fiber is never resumed
 }
 
+namespace {
+// Fails the launch unless every lane of the calling thread's warp exists and is live (the
+// tensor-core instructions are .aligned: the whole warp executes them together).
+void require_full_warp(const char* what) {
+  const unsigned live = live_mask();
+  if (live != 0xffffffffu) fail("%s needs all 32 lanes of the warp, live lanes are 0x%08x", what, live);
+}
+float bf16_bits_to_f32(uint32_t bits16) { return __uint_as_float(bits16 << 16); }
+}  // namespace
+
+void mma_m16n8k16_bf16(float acc[4], const uint32_t a[4], const uint32_t b[2]) {
+  const char* what = "mma.sync.m16n8k16.bf16";
+  require_full_warp(what);
+  const unsigned lane = cur_thread->lane;
+  uint32_t* w = g_sched->wide.data() + size_t(cur_thread->warp) * 32 * kMmaWords;
+  std::memcpy(w + lane * kMmaWords, a, 4 * sizeof(uint32_t));
+  std::memcpy(w + lane * kMmaWords + 4, b, 2 * sizeof(uint32_t));
+  warp_barrier(0xffffffffu, what);
+  // Rebuild A (16×16) and B (16×8) from every lane's fragments (PTX ISA, "Matrix Fragments for
+  // mma.m16n8k16 with floating point type"; lane = 4g + t, element 2r of register r in the low
+  // half): A register r holds row g + 8·(r & 1), columns 2t + 8·(r >> 1) and the next; B register
+  // r holds rows 2t + 8r and the next of column g.
+  float A[16][16], B[16][8];
+  for (unsigned l = 0; l < 32; ++l) {
+    const unsigned g = l >> 2, t = l & 3;
+    const uint32_t* f = w + l * kMmaWords;
+    for (unsigned r = 0; r < 4; ++r) {
+      const unsigned row = g + 8 * (r & 1), col = 2 * t + 8 * (r >> 1);
+      A[row][col] = bf16_bits_to_f32(f[r] & 0xffffu);
+      A[row][col + 1] = bf16_bits_to_f32(f[r] >> 16);
+    }
+    for (unsigned r = 0; r < 2; ++r) {
+      B[2 * t + 8 * r][g] = bf16_bits_to_f32(f[4 + r] & 0xffffu);
+      B[2 * t + 8 * r + 1][g] = bf16_bits_to_f32(f[4 + r] >> 16);
+    }
+  }
+  // This lane's C/D elements: i = 0, 1 at row g, i = 2, 3 at row g + 8; column 2t + (i & 1).
+  const unsigned g = lane >> 2, t = lane & 3;
+  float d[4];
+  for (unsigned i = 0; i < 4; ++i) {
+    const unsigned row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+    float sum = acc[i];
+    for (unsigned k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+    d[i] = sum;
+  }
+  warp_barrier(0xffffffffu, what);
+  for (unsigned i = 0; i < 4; ++i) acc[i] = d[i];
+}
+
+void ldmatrix_m8n8(uint32_t* r, int num, bool trans, const void* row) {
+  const char* what = trans ? "ldmatrix.trans" : "ldmatrix";
+  require_full_warp(what);
+  if (num != 1 && num != 2 && num != 4) fail("%s: .x%d (only .x1, .x2 and .x4 exist)", what, num);
+  const unsigned lane = cur_thread->lane;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(row);
+  if (lane < 8u * unsigned(num)) {
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(cur_block->dyn_smem), hi = lo + cur_block->dyn_smem_bytes;
+    if (p % 16 != 0) fail("%s: lane %u's row address %p is not 16-byte aligned", what, lane, row);
+    if (p < lo || p + 16 > hi)
+      fail("%s: lane %u's row address %p is not in the dynamic shared memory (%zu bytes)", what, lane, row,
+           cur_block->dyn_smem_bytes);
+  }
+  uint64_t* slots = warp_slots();
+  slots[lane] = uint64_t(p);
+  warp_barrier(0xffffffffu, what);
+  const unsigned g = lane >> 2, t = lane & 3;
+  for (int j = 0; j < num; ++j) {
+    // Element (row rr, column cc) of matrix j: the cc-th b16 of the row lane 8j + rr addressed.
+    auto at = [&](unsigned rr, unsigned cc) {
+      uint16_t v;
+      std::memcpy(&v, reinterpret_cast<const unsigned char*>(slots[8 * j + rr]) + 2 * cc, 2);
+      return uint32_t(v);
+    };
+    const uint32_t lo = trans ? at(2 * t, g) : at(g, 2 * t);
+    const uint32_t hi = trans ? at(2 * t + 1, g) : at(g, 2 * t + 1);
+    r[j] = lo | (hi << 16);
+  }
+  warp_barrier(0xffffffffu, what);
+}
+
 int launch(dim3 grid, dim3 block, size_t dyn_smem_bytes, const std::function<void()>& body) {
   std::lock_guard<std::mutex> lock(g_launch_mutex);
   g_last_error.clear();
@@ -336,6 +418,7 @@ int launch(dim3 grid, dim3 block, size_t dyn_smem_bytes, const std::function<voi
   }
   s.stacks = t_stacks.get();
   s.slots.assign(size_t((s.n + 31) / 32) * 32, 0);
+  s.wide.assign(size_t((s.n + 31) / 32) * 32 * kMmaWords, 0);
   s.body = &body;
   // Arena: guard | 128-aligned shared bytes | guard.
   std::vector<unsigned char> arena(dyn_smem_bytes + 2 * kGuardBytes + 128);

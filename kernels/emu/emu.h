@@ -126,6 +126,19 @@ inline T shuffle(unsigned mask, T v, F src_of, const char* what) {
 // error is available from emu_last_error().
 int launch(dim3 grid, dim3 block, size_t dyn_smem_bytes, const std::function<void()>& body);
 
+// Tensor-core warp collectives (emu.cpp); every lane of a full warp must call them, else the
+// launch fails. common.cuh wraps them (mma_bf16_16816, ldmatrix_b16) and documents the layouts.
+// acc += A·B for mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32: gathers the 32 lanes' A
+// (4 regs) and B (2 regs) fragments, rebuilds the 16×16 and 16×8 matrices and gives each lane
+// its four C/D elements, each summed in f32 as acc + a0·b0 + a1·b1 + … + a15·b15 (k in order;
+// the products of bf16 values are exact in f32).
+void mma_m16n8k16_bf16(float acc[4], const uint32_t a[4], const uint32_t b[2]);
+// ldmatrix.sync.aligned.m8n8.x{num}[.trans].shared.b16: lane l gives the 16-byte-aligned address
+// of row l%8 of matrix l/8 in the launch's dynamic shared memory (lanes >= 8·num are ignored);
+// register j of lane 4g+t gets row g, columns 2t and 2t+1 of matrix j (low half first), or with
+// `trans` column g, rows 2t and 2t+1.
+void ldmatrix_m8n8(uint32_t* r, int num, bool trans, const void* row);
+
 }  // namespace emu
 
 #define threadIdx (emu::cur_thread->tid)

@@ -8,6 +8,8 @@
 #include "../adamw.cu"
 #include "../attention.cu"
 #include "../attention_backward.cu"
+#include "../attention_mma.cu"
+#include "../attention_mma_backward.cu"
 #include "../cast.cu"
 #include "../cross_entropy.cu"
 #include "../elementwise.cu"
@@ -85,6 +87,24 @@ EMU_TYPED(f32, float)
 EMU_TYPED(bf16, bf16)
 EMU_ATTN_BWD(f32, float)
 EMU_ATTN_BWD(bf16, bf16)
+
+// attention_mma.cu and attention_mma_backward.cu: bf16 only, per head_dim.
+#define EMU_ATTN_MMA(HD)                                                                                 \
+  EMU_LAUNCHER(attention_forward_mma_hd##HD##_bf16,                                                      \
+               (bf16 * out, float* lse, const bf16* q, const bf16* k, const bf16* v, const int* starts,  \
+                int seq, int heads, int kv_heads, float scale),                                          \
+               (out, lse, q, k, v, starts, seq, heads, kv_heads, scale))                                 \
+  EMU_LAUNCHER(attention_backward_dkdv_mma_hd##HD##_bf16,                                                \
+               (bf16 * dk, bf16* dv, const bf16* q, const bf16* k, const bf16* v, const bf16* dout,      \
+                const float* lse, const float* dsum, const int* starts, int seq, int heads, int kv_heads, \
+                float scale),                                                                            \
+               (dk, dv, q, k, v, dout, lse, dsum, starts, seq, heads, kv_heads, scale))                  \
+  EMU_LAUNCHER(attention_backward_dq_mma_hd##HD##_bf16,                                                  \
+               (bf16 * dq, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, \
+                const float* dsum, const int* starts, int seq, int heads, int kv_heads, float scale),    \
+               (dq, q, k, v, dout, lse, dsum, starts, seq, heads, kv_heads, scale))
+EMU_ATTN_MMA(64)
+EMU_ATTN_MMA(128)
 EMU_LAUNCHER(adamw_f32,
              (float* p, const float* g, float* m, float* v, size_t len, float w, float beta2, float one_minus_beta2,
               float eps, float decay, float neg_step_size, float bc2_sqrt),
@@ -101,6 +121,11 @@ EMU_LAUNCHER(selftest_atomics, (int* counter, float* fsum, const int* in), (coun
 EMU_LAUNCHER(selftest_divergent_barrier, (int* out), (out))
 EMU_LAUNCHER(selftest_bad_mask, (int* out), (out))
 EMU_LAUNCHER(selftest_missing_barrier, (float* out), (out))
+EMU_LAUNCHER(selftest_mma, (float* d, const unsigned* a, const unsigned* b, const float* c), (d, a, b, c))
+EMU_LAUNCHER(selftest_ldmatrix, (unsigned* out, const unsigned short* in, const int* rows, int words),
+             (out, in, rows, words))
+EMU_LAUNCHER(selftest_mma_partial_warp, (float* out), (out))
+EMU_LAUNCHER(selftest_ldmatrix_bad, (unsigned* out, const bf16* global, int mode), (out, global, mode))
 
 // Exposed for the bf16 rounding test: the emulator's float -> bf16 -> bits.
 extern "C" uint16_t emu_f32_to_bf16_bits(float f) { return __float2bfloat16_rn(f).x; }

@@ -81,3 +81,57 @@ extern "C" __global__ void selftest_missing_barrier(float* out) {
   dyn[t] = (float)t;
   out[t] = dyn[(t + 1) % blockDim.x];
 }
+
+// mma_bf16_16816 on raw fragments: thread i (global index, full warps) passes a[4i … 4i+3],
+// b[2i, 2i+1] and acc = c[4i … 4i+3], and writes the result to d[4i … 4i+3].
+extern "C" __global__ void selftest_mma(float* d, const unsigned* a, const unsigned* b, const float* c) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const uint32_t af[4] = {a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]};
+  const uint32_t bf[2] = {b[2 * i], b[2 * i + 1]};
+  float acc[4] = {c[4 * i], c[4 * i + 1], c[4 * i + 2], c[4 * i + 3]};
+  mma_bf16_16816(acc, af, bf);
+  for (int e = 0; e < 4; ++e) d[4 * i + e] = acc[e];
+}
+
+// ldmatrix_b16 from dynamic shared memory holding `words` b16 values in[] (16-byte rows of 8):
+// lane l of the (single-warp) block passes row rows[l]; out[14l …] gets the registers of .x1,
+// .x2, .x4, then .x1.trans, .x2.trans, .x4.trans. Launch: grid (1), block (32), smem words·2.
+extern "C" __global__ void selftest_ldmatrix(unsigned* out, const unsigned short* in, const int* rows, int words) {
+  DYN_SMEM(bf16, sm);
+  unsigned short* bits = reinterpret_cast<unsigned short*>(sm);
+  for (int e = threadIdx.x; e < words; e += blockDim.x) bits[e] = in[e];
+  __syncthreads();
+  const bf16* p = sm + rows[threadIdx.x] * 8;
+  uint32_t r1[1], r2[2], r4[4], t1[1], t2[2], t4[4];
+  ldmatrix_b16<1, false>(r1, p);
+  ldmatrix_b16<2, false>(r2, p);
+  ldmatrix_b16<4, false>(r4, p);
+  ldmatrix_b16<1, true>(t1, p);
+  ldmatrix_b16<2, true>(t2, p);
+  ldmatrix_b16<4, true>(t4, p);
+  const uint32_t all[14] = {r1[0], r2[0], r2[1], r4[0], r4[1], r4[2], r4[3],
+                            t1[0], t2[0], t2[1], t4[0], t4[1], t4[2], t4[3]};
+  for (int e = 0; e < 14; ++e) out[14 * threadIdx.x + e] = all[e];
+}
+
+// Negative: lane 0 returns, the other 31 lanes issue an mma.
+extern "C" __global__ void selftest_mma_partial_warp(float* out) {
+  if (threadIdx.x % 32 == 0) return;
+  const uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  mma_bf16_16816(acc, a, b);
+  out[threadIdx.x] = acc[0];
+}
+
+// Negative: an ldmatrix row address that is misaligned (mode 0: lane 3 is 2 bytes off) or not
+// in shared memory (mode 1: lane 5 passes a global pointer). Launch: block (32), smem 512 bytes.
+extern "C" __global__ void selftest_ldmatrix_bad(unsigned* out, const bf16* global, int mode) {
+  DYN_SMEM(bf16, sm);
+  const int lane = threadIdx.x % 32;
+  const bf16* p = sm + (lane % 8) * 8;
+  if (mode == 0 && lane == 3) p += 1;
+  if (mode == 1 && lane == 5) p = global;
+  uint32_t r[4];
+  ldmatrix_b16<4, false>(r, p);
+  out[lane] = r[0];
+}

@@ -92,6 +92,10 @@ pub mod raw {
         emu_launch_selftest_divergent_barrier(out: *mut i32);
         emu_launch_selftest_bad_mask(out: *mut i32);
         emu_launch_selftest_missing_barrier(out: *mut f32);
+        emu_launch_selftest_mma(d: *mut f32, a: *const u32, b: *const u32, c: *const f32);
+        emu_launch_selftest_ldmatrix(out: *mut u32, input: *const u16, rows: *const i32, words: i32);
+        emu_launch_selftest_mma_partial_warp(out: *mut f32);
+        emu_launch_selftest_ldmatrix_bad(out: *mut u32, global: CP, mode: i32);
     }
 
     /// The emulator's float -> bf16 conversion, as bits.

@@ -1,51 +1,25 @@
 //! Attention on the kernel backend: causal GQA attention over packed rows with the semantics
 //! of `Backend::attention_forward` / `attention_backward` (the CPU backend's
-//! backend/cpu/attention.rs is the reference). The tile table of kernels/attention_tiles.cuh
-//! and the launch shapes of kernels/attention.cu and attention_backward.cu live here once:
-//! the forward takes the tiled kernel for head_dim 64 and 128 and the one-warp-per-query kernel
-//! for any other head_dim up to 256; the backward runs `attention_backward_dot` (D =
-//! rowsum(dout∘out) into an f32 workspace kept by the backend), then `dkdv`, then `dq` for
-//! head_dim 32, 64 or 128. Neighbours: ops.rs (the other ops), mod.rs (state, devices).
+//! backend/cpu/attention.rs is the reference). The launch shapes of kernels/attention.cu,
+//! attention_backward.cu (CUDA cores, f32 accumulation) and attention_mma.cu,
+//! attention_mma_backward.cu (tensor cores: mma.sync on bf16 operands, f32 accumulation) live
+//! here once, their tile tables in attn_tiles.rs. bf16 buffers with head_dim 64 or 128 take
+//! the tensor-core kernels both ways; otherwise the forward takes the tiled kernel for head_dim
+//! 64 and 128 and the one-warp-per-query kernel for any other head_dim up to 256 (f32 buffers:
+//! the CPU-comparable reference mode). The backward runs `attention_backward_dot` (D =
+//! rowsum(dout∘out) into an f32 workspace kept by the backend), then `dkdv`, then `dq` (head_dim
+//! 32, 64 or 128). Neighbours: attn_tiles.rs, ops.rs (the other ops), mod.rs (state, devices).
 
+use super::attn_tiles::{
+    backward_smem_bytes, backward_tiles, forward_tiled, mma_tiles, uses_tensor_cores,
+    ATTN_FORWARD_MAX_HD, ATTN_TILE_THREADS, ATTN_WARPS, MMA_ROWS,
+};
 use super::{meta_buf, scratch, Elem, KArg, KernelBackend, KernelDevice, Launch, Meta};
 use crate::backend::attention_dims::AttnDims;
 use crate::error::{Error, Result};
 
-/// Warps (token × head pairs) per block of `attention_forward_*` (ATTN_WARPS in attention.cu)
-/// and of `attention_backward_dot_*` (ATTN_BWD_DOT_WARPS).
-const ATTN_WARPS: u32 = 4;
-/// Largest head_dim of the forward kernel (ATTN_MAX_HD in attention.cu).
-const ATTN_FORWARD_MAX_HD: usize = 256;
-/// Threads per block of the tiled kernels (ATTN_TILE_THREADS in attention_tiles.cuh).
-const ATTN_TILE_THREADS: u32 = 128;
 /// CUDA's grid y/z limit.
 const GRID_YZ_MAX: usize = 65_535;
-
-/// Query and key tile rows `(BQ, BK)` of the backward kernels for `hd`, or `None` when no
-/// backward kernel exists for it (the table in attention_tiles.cuh and the instantiations in
-/// attention_backward.cu; a test checks they agree).
-pub fn backward_tiles(hd: usize) -> Option<(usize, usize)> {
-    match hd {
-        32 | 64 => Some((32, 32)),
-        128 => Some((16, 16)),
-        _ => None,
-    }
-}
-
-/// True when the forward has a tiled kernel for `hd` (64 and 128; other head dims up to 256
-/// take the one-warp-per-query kernel). It uses the tiles and shared memory of
-/// [`backward_tiles`] / [`backward_smem_bytes`].
-pub fn forward_tiled(hd: usize) -> bool {
-    hd == 64 || hd == 128
-}
-
-/// Dynamic shared memory bytes of the tiled forward and of the backward's dkdv and dq kernels
-/// for `hd` (`AttnTiles::WORDS`·4 of attention_tiles.cuh: K, V, Q, dO tiles with one padding
-/// word per row, P, dS, lse, D, starts).
-pub fn backward_smem_bytes(hd: usize) -> Option<usize> {
-    let (bq, bk) = backward_tiles(hd)?;
-    Some(4 * ((2 * bk + 2 * bq) * (hd + 1) + 2 * bq * (bk + 1) + 3 * bq))
-}
 
 /// Checked dims of one attention call: the checks every backend shares, plus the kernels'
 /// int32 indexing limits.
@@ -103,8 +77,20 @@ impl Dims {
         }
     }
 
-    /// Grid of the tiled kernels: `ceil(seq / rows)` tiles × batch rows × `heads` heads.
+    /// Grid of the tiled kernels: `ceil(seq / rows)` tiles × batch rows × `heads` heads, 128
+    /// threads, the CUDA-core kernels' shared memory for hd.
     fn tile_grid(&self, rows: usize, heads: usize) -> Launch {
+        let smem = backward_smem_bytes(self.hd).unwrap_or(0);
+        self.rows_grid(rows, heads, smem)
+    }
+
+    /// Grid of the tensor-core kernels: 64-row blocks, `smem` bytes of dynamic shared memory.
+    fn mma_grid(&self, heads: usize, smem: usize) -> Launch {
+        self.rows_grid(MMA_ROWS, heads, smem)
+    }
+
+    /// `ceil(seq / rows)` blocks × batch rows × `heads` heads of 128 threads.
+    fn rows_grid(&self, rows: usize, heads: usize, smem: usize) -> Launch {
         Launch {
             grid: [
                 self.seq.div_ceil(rows) as u32,
@@ -112,7 +98,7 @@ impl Dims {
                 heads as u32,
             ],
             block: [ATTN_TILE_THREADS, 1, 1],
-            smem: backward_smem_bytes(self.hd).unwrap_or(0) as u32,
+            smem: smem as u32,
         }
     }
 
@@ -174,8 +160,9 @@ impl<D: KernelDevice> KernelBackend<D> {
         if d.n == 0 {
             return Ok(());
         }
+        let mma = mma_tiles(d.hd).filter(|_| uses_tensor_cores(e, d.hd));
         let tiled = forward_tiled(d.hd);
-        if tiled {
+        if tiled || mma.is_some() {
             d.grid_yz()?;
         }
         let mut guard = self.lock()?;
@@ -189,7 +176,11 @@ impl<D: KernelDevice> KernelBackend<D> {
             KArg::Ref(v, 0),
             KArg::Ref(st, 0),
         ];
-        let (name, cfg) = if tiled {
+        let (name, cfg) = if let Some(t) = mma {
+            args.extend([d.seq, d.heads, d.kv_heads].map(iarg));
+            let name = format!("attention_forward_mma_hd{}_bf16", d.hd);
+            (name, d.mma_grid(d.heads, t.forward_smem(d.hd)))
+        } else if tiled {
             let (bq, _) = backward_tiles(d.hd).unwrap_or((16, 16));
             args.extend([d.seq, d.heads, d.kv_heads].map(iarg));
             let name = format!("attention_forward_tiled_hd{}_{}", d.hd, e.suffix());
@@ -202,8 +193,8 @@ impl<D: KernelDevice> KernelBackend<D> {
         args.push(KArg::F32(d.scale_f32()));
         // SAFETY: lengths checked for batch·seq tokens of heads (kv_heads) × hd values; the
         // starts were validated (each token's key range is non-empty and in its row); the grid
-        // covers exactly batch rows and heads query heads (tiled) or n·heads warps, and the
-        // shared memory is the kernel's documented size for hd.
+        // covers exactly batch rows and heads query heads (tiled, mma) or n·heads warps, and
+        // the shared memory is the kernel's documented size for hd.
         unsafe { self.launch(&name, cfg, &mut args) }
     }
 
@@ -270,6 +261,31 @@ impl<D: KernelDevice> KernelBackend<D> {
             )?
         };
 
+        // The tensor-core kernels for bf16 with hd 64 or 128, else the CUDA-core ones; both
+        // families take the same arguments.
+        let mma = mma_tiles(d.hd).filter(|_| uses_tensor_cores(e, d.hd));
+        let ((dkdv, dkdv_cfg), (dq, dq_cfg)) = match mma {
+            Some(t) => (
+                (
+                    format!("attention_backward_dkdv_mma_hd{}_bf16", d.hd),
+                    d.mma_grid(d.kv_heads, t.dkdv_smem(d.hd)),
+                ),
+                (
+                    format!("attention_backward_dq_mma_hd{}_bf16", d.hd),
+                    d.mma_grid(d.heads, t.dq_smem(d.hd)),
+                ),
+            ),
+            None => (
+                (
+                    format!("attention_backward_dkdv_hd{}_{sfx}", d.hd),
+                    d.tile_grid(bk, d.kv_heads),
+                ),
+                (
+                    format!("attention_backward_dq_hd{}_{sfx}", d.hd),
+                    d.tile_grid(bq, d.heads),
+                ),
+            ),
+        };
         let mut args = vec![
             KArg::Mut(g.dk, 0),
             KArg::Mut(g.dv, 0),
@@ -283,10 +299,9 @@ impl<D: KernelDevice> KernelBackend<D> {
         ];
         args.extend(ints([d.seq, d.heads, d.kv_heads]));
         args.push(KArg::F32(d.scale_f32()));
-        let name = format!("attention_backward_dkdv_hd{}_{sfx}", d.hd);
         // SAFETY: lengths checked for batch·seq tokens; the grid covers batch rows and
         // kv_heads heads; hd selects the kernel compiled for it and smem is its tile size.
-        unsafe { self.launch(&name, d.tile_grid(bk, d.kv_heads), &mut args)? };
+        unsafe { self.launch(&dkdv, dkdv_cfg, &mut args)? };
 
         let mut args = vec![
             KArg::Mut(g.dq, 0),
@@ -300,47 +315,7 @@ impl<D: KernelDevice> KernelBackend<D> {
         ];
         args.extend(ints([d.seq, d.heads, d.kv_heads]));
         args.push(KArg::F32(d.scale_f32()));
-        let name = format!("attention_backward_dq_hd{}_{sfx}", d.hd);
         // SAFETY: as the dkdv launch, with the grid covering batch rows and heads query heads.
-        unsafe { self.launch(&name, d.tile_grid(bq, d.heads), &mut args) }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tile_table_matches_the_kernel_file() {
-        let src = include_str!("../../../../kernels/attention_backward.cu");
-        let mut seen = Vec::new();
-        for line in src.lines() {
-            let Some(rest) = line.trim().strip_prefix("ATTENTION_BACKWARD_HD(T, S, ") else {
-                continue;
-            };
-            let nums: Vec<usize> = rest
-                .trim_end_matches([')', '\\', ' '])
-                .split(',')
-                .map(|x| x.trim().parse().expect("a number"))
-                .collect();
-            assert_eq!(backward_tiles(nums[0]), Some((nums[1], nums[2])), "{line}");
-            assert!(backward_smem_bytes(nums[0]).unwrap() <= 48 * 1024);
-            seen.push(nums[0]);
-        }
-        assert_eq!(seen, [32, 64, 128]);
-        assert_eq!(backward_tiles(96), None);
-        let fwd = include_str!("../../../../kernels/attention.cu");
-        assert!(fwd.contains(&format!("#define ATTN_MAX_HD {ATTN_FORWARD_MAX_HD}")));
-        assert!(fwd.contains(&format!("#define ATTN_WARPS {ATTN_WARPS}")));
-        let tiles = include_str!("../../../../kernels/attention_tiles.cuh");
-        assert!(tiles.contains(&format!("#define ATTN_TILE_THREADS {ATTN_TILE_THREADS}")));
-        for hd in [64, 128] {
-            assert!(forward_tiled(hd));
-            let (bq, bk) = backward_tiles(hd).unwrap();
-            let line = format!("ATTENTION_FORWARD_TILED(bf16, bf16, {hd}, {bq}, {bk})");
-            assert!(fwd.contains(&line), "{line}");
-        }
-        assert!(!forward_tiled(32) && !forward_tiled(96));
-        assert!(src.contains(&format!("#define ATTN_BWD_DOT_WARPS {ATTN_WARPS}")));
+        unsafe { self.launch(&dq, dq_cfg, &mut args) }
     }
 }

@@ -2,7 +2,7 @@
 //! kernels/*.cu for any [`KernelDevice`], the small device-specific part (buffers, a generic
 //! kernel launch, GEMM). Every op's logic lives here exactly once: argument and length checks,
 //! grid / block / shared-memory choice (from the comment above each kernel), the kernel
-//! variant (`{op}_{dtype}`, `hd64`/`hd128`, tiled or not) and multi-launch sequences
+//! variant (`{op}_{dtype}`, `hd64`/`hd128`, tiled or not, tensor cores for bf16 attention) and multi-launch sequences
 //! (attention backward's dot → dkdv → dq, sum of squares' partials → total, chunked
 //! cross-entropy's GEMM → softmax → GEMM).
 //!
@@ -18,10 +18,11 @@
 //! (all of an op's activations share one dtype; `lse`, `rstd`, RoPE tables and optimiser state
 //! stay f32); GEMMs take bf16 operands with an f32 or bf16 result.
 //! Files: `table.rs` (kernel signatures + emulator FFI), `emu.rs` (EmuDevice), `ops.rs` (the
-//! `Backend` impl), `attention.rs` (attention tiles and launches), `rope.rs`, `xent.rs`
-//! (cross-entropy).
+//! `Backend` impl), `attention.rs` (attention launches), `attn_tiles.rs` (their tile tables),
+//! `rope.rs`, `xent.rs` (cross-entropy).
 
-mod attention; // attention_forward, attention_backward: tiles, grids, the three backward launches
+mod attention; // attention_forward, attention_backward: checks, grids, the three backward launches
+mod attn_tiles; // attention tile tables (CUDA-core and tensor-core kernels), which family a call takes
 mod emu; // EmuDevice, EmuBuf: the kernel emulator as a device
 mod ops; // impl Backend for KernelBackend
 mod rope; // rope: checks, positions upload, one launch
@@ -32,7 +33,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use half::bf16;
 
-pub use attention::{backward_smem_bytes, backward_tiles, forward_tiled};
+pub use attn_tiles::{
+    backward_smem_bytes, backward_tiles, forward_tiled, mma_tiles, uses_tensor_cores, MmaTiles,
+};
 pub use emu::{EmuBuf, EmuDevice};
 pub use table::{kernel_names, signature, Param};
 

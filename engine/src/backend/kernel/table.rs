@@ -180,6 +180,12 @@ fn table() -> &'static [Entry] {
         t.extend(typed_kernels!("bf16", bf16));
         t.extend([
             kernel!("adamw_f32", (p: W<f32>, g: R<f32>, m: W<f32>, v: W<f32>, len: usize, w: f32, beta2: f32, one_minus_beta2: f32, eps: f32, decay: f32, neg_step_size: f32, bc2_sqrt: f32)),
+            kernel!("attention_forward_mma_hd64_bf16", (out: W<bf16>, lse: W<f32>, q: R<bf16>, k: R<bf16>, v: R<bf16>, starts: R<i32>, seq: i32, heads: i32, kv_heads: i32, scale: f32)),
+            kernel!("attention_forward_mma_hd128_bf16", (out: W<bf16>, lse: W<f32>, q: R<bf16>, k: R<bf16>, v: R<bf16>, starts: R<i32>, seq: i32, heads: i32, kv_heads: i32, scale: f32)),
+            kernel!("attention_backward_dkdv_mma_hd64_bf16", (dk: W<bf16>, dv: W<bf16>, q: R<bf16>, k: R<bf16>, v: R<bf16>, dout: R<bf16>, lse: R<f32>, dsum: R<f32>, starts: R<i32>, seq: i32, heads: i32, kv_heads: i32, scale: f32)),
+            kernel!("attention_backward_dkdv_mma_hd128_bf16", (dk: W<bf16>, dv: W<bf16>, q: R<bf16>, k: R<bf16>, v: R<bf16>, dout: R<bf16>, lse: R<f32>, dsum: R<f32>, starts: R<i32>, seq: i32, heads: i32, kv_heads: i32, scale: f32)),
+            kernel!("attention_backward_dq_mma_hd64_bf16", (dq: W<bf16>, q: R<bf16>, k: R<bf16>, v: R<bf16>, dout: R<bf16>, lse: R<f32>, dsum: R<f32>, starts: R<i32>, seq: i32, heads: i32, kv_heads: i32, scale: f32)),
+            kernel!("attention_backward_dq_mma_hd128_bf16", (dq: W<bf16>, q: R<bf16>, k: R<bf16>, v: R<bf16>, dout: R<bf16>, lse: R<f32>, dsum: R<f32>, starts: R<i32>, seq: i32, heads: i32, kv_heads: i32, scale: f32)),
             kernel!("cast_f32_to_bf16", (dst: W<bf16>, src: R<f32>, len: usize)),
             kernel!("cast_bf16_to_f32", (dst: W<f32>, src: R<bf16>, len: usize)),
             kernel!("sumsq_partials_f32", (partials: W<f64>, x: R<f32>, len: usize)),
