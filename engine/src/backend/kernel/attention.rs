@@ -12,9 +12,9 @@ use crate::error::{Error, Result};
 
 /// Warps (token × head pairs) per block of `attention_forward_*` (ATTN_WARPS in attention.cu)
 /// and of `attention_backward_dot_*` (ATTN_BWD_DOT_WARPS).
-const ATTN_WARPS: u32 = 4;
+pub(super) const ATTN_WARPS: u32 = 4;
 /// Largest head_dim of the forward kernel (ATTN_MAX_HD in attention.cu).
-const ATTN_FORWARD_MAX_HD: usize = 256;
+pub(super) const ATTN_FORWARD_MAX_HD: usize = 256;
 /// Threads per block of the tiled kernels (ATTN_TILE_THREADS in attention_tiles.cuh).
 const ATTN_TILE_THREADS: u32 = 128;
 /// CUDA's grid y/z limit.

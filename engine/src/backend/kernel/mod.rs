@@ -16,10 +16,11 @@
 //! buffers, which every op with a bf16 kernel accepts (all of an op's activations share one
 //! dtype; `lse`, `rstd`, RoPE tables and optimiser state stay f32).
 //! Files: `table.rs` (kernel signatures + emulator FFI), `emu.rs` (EmuDevice), `ops.rs` (the
-//! `Backend` impl), `attention.rs` (attention tiles and launches), `rope.rs`, `xent.rs`
-//! (cross-entropy).
+//! `Backend` impl), `attention.rs` (attention tiles and launches), `decode.rs` (the KV cache's
+//! row copy and decoding attention), `rope.rs`, `xent.rs` (cross-entropy).
 
 mod attention; // attention_forward, attention_backward: tiles, grids, the three backward launches
+mod decode; // copy_rows, attention_decode: the KV cache's write and decoding attention
 mod emu; // EmuDevice, EmuBuf: the kernel emulator as a device
 mod ops; // impl Backend for KernelBackend
 mod rope; // rope: checks, positions upload, one launch
@@ -271,12 +272,18 @@ enum Meta {
     Positions,
     Starts,
     Targets,
+    /// `copy_rows`' destination rows.
+    Rows,
+    /// `attention_decode`'s first cache row per query.
+    First,
+    /// `attention_decode`'s last key position per query.
+    Last,
 }
 
 /// Device buffers reused across calls: the metadata cache and grow-only workspaces.
 struct State<B> {
     /// `(host copy, device copy)` per [`Meta`] slot.
-    meta: [Option<(Vec<i32>, B)>; 4],
+    meta: [Option<(Vec<i32>, B)>; 7],
     /// f32 `[n, heads]` attention backward's `D = rowsum(dout∘out)`.
     dsum: Option<B>,
     /// f32 `[rows, vocab]` cross-entropy logits of one chunk.
@@ -315,7 +322,7 @@ impl<D: KernelDevice> KernelBackend<D> {
         KernelBackend {
             dev,
             state: Arc::new(Mutex::new(State {
-                meta: [None, None, None, None],
+                meta: std::array::from_fn(|_| None),
                 dsum: None,
                 logits: None,
                 losses: None,
