@@ -1,8 +1,8 @@
 //! The CUDA backend (`CudaBackend` = `KernelBackend<CudaDevice>`) on GPU 0 against the CPU
 //! backend: the same op-by-op suite and tiny-Llama training check that tests/kernel_backend.rs
-//! runs on the kernel emulator (kernel_backend/{ops,model}.rs), plus two GPU runs bit-identical
-//! and a larger attention sweep. Without a GPU every test prints why it skips
-//! (GRADIENTS_REQUIRE_GPU=1 makes that a failure, for runs on a GPU machine); the fatbin check
+//! runs on the kernel emulator (kernel_backend/{ops,model}.rs, KV-cached decoding included),
+//! plus two GPU runs bit-identical and a larger attention sweep. Without a GPU every test
+//! prints why it skips (GRADIENTS_REQUIRE_GPU=1 makes that a failure, for runs on a GPU machine); the fatbin check
 //! (every kernel of the engine's kernel table compiled for sm_80 and sm_90 without spills)
 //! needs no GPU. Without the `cuda` feature this file is empty.
 //! Run: `cargo test --features cuda --test cuda_backend`.
@@ -70,6 +70,28 @@ fn attention_matches_cpu_for_every_head_dim() {
     for hd in [32, 64, 128, 16] {
         ops::attention(be, hd, &[5, 11, 3]);
         ops::attention(be, hd, &[100, 1, 160]);
+    }
+}
+
+#[test]
+fn kv_cache_ops_match_cpu() {
+    let Some(be) = gpu() else { return };
+    for hd in [16, 32, 64, 128] {
+        ops::decode(be, hd);
+    }
+}
+
+#[test]
+fn cached_decoding_matches_cpu_and_repeats_bit_for_bit() {
+    let Some(be) = gpu() else { return };
+    let cpu = gradients_engine::backend::cpu::CpuBackend::<f32>::new();
+    for hd in [32, 64] {
+        let a = model::decode(be, hd);
+        model::assert_decodes_like(&a, &model::decode(&cpu, hd));
+        let b = model::decode(be, hd);
+        let bits = |d: &model::Decoded| d.logits.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
+        assert_eq!(a.completions, b.completions);
     }
 }
 

@@ -7,7 +7,8 @@
 
 pub mod batch; // Batch, Sample: a step's tokens, labels, positions, sample starts
 pub mod config; // ModelConfig, Arch, RopeScaling
-pub mod generate; // Sampling, pick, uniform, Completion, Llama::generate: seeded decoding
+mod decode; // KvCache, Llama::prefill/decode_step: KV-cached decoding
+pub mod generate; // Sampling, pick, uniform, Completion, Llama::generate(_many), greedy
 pub mod gguf; // GgufFile, GgufMeta, GgufValue, GgufTensorInfo: GGUF v2/v3 parsing
 pub mod gguf_load; // load_gguf: llama GGUF -> ModelConfig + ModelWeights (Q/K unpermuted)
 pub mod gguf_quant; // GgmlType, dequantize (F32/F16/BF16/Q8_0/Q4_0/Q4_1)

@@ -341,9 +341,12 @@ impl GrpoRun {
             let max_new = self.max_new(p.ids.len());
             let mut group = Vec::with_capacity(s.num_generations);
             let mut rewards = Vec::with_capacity(s.num_generations);
-            for g in 0..s.num_generations {
-                let key = [p.row as u64, g as u64];
-                let c = model.generate(&p.ids, max_new, eos, Some(lora), &sampling, key)?;
+            // the G samples of the prompt decode together (one prefill, one KV cache)
+            let keys: Vec<[u64; 2]> = (0..s.num_generations as u64)
+                .map(|g| [p.row as u64, g])
+                .collect();
+            let done = model.generate_many(&p.ids, max_new, eos, Some(lora), &sampling, &keys)?;
+            for c in done {
                 let text = tok.decode(&c.ids)?;
                 let r: f64 = self
                     .rewards
