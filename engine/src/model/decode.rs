@@ -1,11 +1,12 @@
-//! KV-cached decoding of the Llama model: [`Llama::prefill`] runs the ordinary forward over a
-//! prompt (llama.rs `forward_into`, the same block code as training) while every block writes
-//! its keys (after RoPE) and values into a [`KvCache`], copied into each of `slots` sequences;
-//! [`Llama::decode_step`] then runs the blocks on one new token per listed sequence only
-//! (`n` rows: `copy_rows` of the token's key and value into the cache, `attention_decode`
-//! against the sequence's cached positions `0..=pos`), then the final norm and the lm_head for
-//! those rows. generate.rs drives them (`generate_many`: one prefill per prompt, a decode batch
-//! of its samples that shrinks as samples end).
+//! The logits of a whole sequence ([`Llama::logits_last`], [`Llama::logits_from`]: one full
+//! forward, the reference of what follows) and KV-cached decoding: [`Llama::prefill`] runs
+//! the ordinary forward over a prompt (llama.rs `forward_into`, the same block code as
+//! training) while every block writes its keys (after RoPE) and values into a [`KvCache`],
+//! copied into each of `slots` sequences; [`Llama::decode_step`] then runs the blocks on one
+//! new token per listed sequence only (`n` rows: `copy_rows` of the token's key and value into
+//! the cache, `attention_decode` against the sequence's cached positions `0..=pos`), then the
+//! final norm and the lm_head for those rows. generate.rs drives them (`generate_many`: one
+//! prefill per prompt, a decode batch of its samples that shrinks as samples end).
 //!
 //! Memory: the cache (per block `[slots·max_len, kv]` keys and values, sequence `s`'s position
 //! `p` at row `s·max_len + p`) is allocated by [`KvCache::new`] only, when a prefill needs more
@@ -15,7 +16,8 @@
 //! Numerics: the same ops as the full forward on fewer rows; the GEMMs' row counts differ, so
 //! logits agree with [`Llama::logits_last`] within float rounding, not bit for bit.
 
-use super::llama::Llama;
+use super::batch::{Batch, Sample, IGNORE};
+use super::llama::{Llama, StepOptions};
 use super::llama_forward::Ctx;
 use super::plan::{Plan, PlanKey};
 use crate::backend::Backend;
@@ -179,6 +181,73 @@ fn step_bufs<'s, B: Backend>(
 }
 
 impl<B: Backend> Llama<B> {
+    /// Logits `[vocab]` at the last position of the single sequence `ids` (one full forward:
+    /// the reference the KV-cached decoding of `decode.rs` is tested against).
+    pub fn logits_last(&mut self, ids: &[u32], lora: Option<&LoraState<B>>) -> Result<Vec<f32>> {
+        self.seq_logits(ids, ids.len().saturating_sub(1), lora, None)
+    }
+
+    /// Logits `[(len − start) · vocab]` at positions `start..len` of the single sequence
+    /// `ids` (one full forward; row `i` predicts the token after `ids[start + i]`).
+    pub fn logits_from(
+        &mut self,
+        ids: &[u32],
+        start: usize,
+        lora: Option<&LoraState<B>>,
+    ) -> Result<Vec<f32>> {
+        self.seq_logits(ids, start, lora, None)
+    }
+
+    /// [`Llama::logits_from`], writing the keys and values into the KV cache when `kv` is
+    /// given (the prefill).
+    fn seq_logits(
+        &mut self,
+        ids: &[u32],
+        start: usize,
+        lora: Option<&LoraState<B>>,
+        kv: Option<KvStep<'_, B>>,
+    ) -> Result<Vec<f32>> {
+        if start >= ids.len() {
+            return Err(Error::shape(
+                "llama logits",
+                format!("start {start} outside a sequence of {} tokens", ids.len()),
+            ));
+        }
+        let labels = vec![IGNORE; ids.len()];
+        let sample = Sample {
+            input_ids: ids,
+            labels: &labels,
+        };
+        let batch = Batch::unpacked(&[sample], ids.len(), self.config().vocab_size)?;
+        let opts = StepOptions::default();
+        let used = self.forward_into(false, &batch, lora, &opts, kv)?;
+        let (h, vocab) = (self.config().hidden_size, self.config().vocab_size);
+        let rows = ids.len() - start;
+        let plan = self.used_plan(used)?;
+        let xf = self.backend().download(&plan.xf)?;
+        let tail = self.backend().upload(&xf[start * h..ids.len() * h])?;
+        let mut logits = self.backend().alloc(rows * vocab)?;
+        self.head(&mut logits, &tail, rows)?;
+        self.backend().download(&logits)
+    }
+
+    /// `logits [rows, vocab] = x [rows, h] · lm_headᵀ`.
+    fn head(&self, logits: &mut B::Buf, x: &B::Buf, rows: usize) -> Result<()> {
+        let (h, vocab) = (self.config().hidden_size, self.config().vocab_size);
+        self.backend().gemm(
+            logits,
+            x,
+            self.lm_head(),
+            rows,
+            vocab,
+            h,
+            false,
+            true,
+            1.0,
+            0.0,
+        )
+    }
+
     /// Start decoding `slots` sequences that all begin with `prompt`: one forward over the
     /// prompt (as [`Llama::logits_last`]) that writes every block's keys and values into the
     /// KV cache for each sequence. Returns the logits `[vocab]` of the last prompt position

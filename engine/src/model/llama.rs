@@ -1,6 +1,9 @@
 //! The Llama-family decoder (Llama, Mistral, SmolLM, Qwen2) with LoRA: the public API
 //! ([`Llama`]); the block's forward lives in `llama_forward.rs`, its explicit backward in
-//! `llama_backward.rs`, the buffers in `plan.rs`.
+//! `llama_backward.rs`, the buffers in `plan.rs`, KV-cached decoding (`prefill`,
+//! `decode_step`, through the same forward) and the logits of a whole sequence
+//! ([`Llama::logits_last`], [`Llama::logits_from`]: full forwards, the cached path's
+//! reference) in `decode.rs`, sampling in `generate.rs`.
 //!
 //! The forward is exactly HF's `LlamaForCausalLM` (+ PEFT LoRA): per block
 //! `x → rmsnorm → q,k,v (+bias) → rope(q,k) → causal GQA attention → o_proj → +x →
@@ -444,7 +447,7 @@ impl<B: Backend> Llama<B> {
     }
 
     /// The plan the last [`Llama::forward_into`] ran in.
-    fn used_plan(&self, train: bool) -> Result<&Plan<B>> {
+    pub(super) fn used_plan(&self, train: bool) -> Result<&Plan<B>> {
         let plan = if train {
             self.train_plan.as_ref()
         } else {
@@ -565,72 +568,5 @@ impl<B: Backend> Llama<B> {
         let plan = self.used_plan(used)?;
         self.be
             .cross_entropy(None, &plan.xf, lm_head, &targets, d.n, d.h, d.vocab, 1.0)
-    }
-
-    /// Logits `[vocab]` at the last position of the single sequence `ids` (one full forward:
-    /// the reference the KV-cached decoding of `decode.rs` is tested against).
-    pub fn logits_last(&mut self, ids: &[u32], lora: Option<&LoraState<B>>) -> Result<Vec<f32>> {
-        self.seq_logits(ids, ids.len().saturating_sub(1), lora, None)
-    }
-
-    /// Logits `[(len − start) · vocab]` at positions `start..len` of the single sequence
-    /// `ids` (one full forward; row `i` predicts the token after `ids[start + i]`).
-    pub fn logits_from(
-        &mut self,
-        ids: &[u32],
-        start: usize,
-        lora: Option<&LoraState<B>>,
-    ) -> Result<Vec<f32>> {
-        self.seq_logits(ids, start, lora, None)
-    }
-
-    /// [`Llama::logits_from`], writing the keys and values into the KV cache when `kv` is
-    /// given (the prefill of `decode.rs`).
-    pub(super) fn seq_logits(
-        &mut self,
-        ids: &[u32],
-        start: usize,
-        lora: Option<&LoraState<B>>,
-        kv: Option<KvStep<'_, B>>,
-    ) -> Result<Vec<f32>> {
-        if start >= ids.len() {
-            return Err(Error::shape(
-                "llama logits",
-                format!("start {start} outside a sequence of {} tokens", ids.len()),
-            ));
-        }
-        let labels = vec![super::batch::IGNORE; ids.len()];
-        let sample = super::Sample {
-            input_ids: ids,
-            labels: &labels,
-        };
-        let batch = Batch::unpacked(&[sample], ids.len(), self.cfg.vocab_size)?;
-        let opts = StepOptions::default();
-        let used = self.forward_into(false, &batch, lora, &opts, kv)?;
-        let (h, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        let rows = ids.len() - start;
-        let plan = self.used_plan(used)?;
-        let xf = self.be.download(&plan.xf)?;
-        let tail = self.be.upload(&xf[start * h..ids.len() * h])?;
-        let mut logits = self.be.alloc(rows * vocab)?;
-        self.head(&mut logits, &tail, rows)?;
-        self.be.download(&logits)
-    }
-
-    /// `logits [rows, vocab] = x [rows, h] · lm_headᵀ`.
-    pub(super) fn head(&self, logits: &mut B::Buf, x: &B::Buf, rows: usize) -> Result<()> {
-        let (h, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        self.be.gemm(
-            logits,
-            x,
-            self.lm_head(),
-            rows,
-            vocab,
-            h,
-            false,
-            true,
-            1.0,
-            0.0,
-        )
     }
 }

@@ -26,8 +26,9 @@
 //!   `max_new_tokens`), recorded as the loss `−(Σ_k w_k·mean reward_k − 0.5·KL)`: the negated,
 //!   unnormalised SPEC §3 score, so lower is better as for SFT and `keep_best` works.
 //!
-//! Cost: generation is a full forward per token (no KV cache): a step costs about
-//! `G·max_new_tokens` forwards per prompt on top of the `G` training forward/backwards.
+//! Cost: generation is KV-cached (model/decode.rs): per prompt one prefill and at most
+//! `max_new_tokens − 1` decode steps of up to `G` rows, on top of the `G` training
+//! forward/backwards.
 
 use serde::{Deserialize, Serialize};
 
