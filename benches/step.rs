@@ -41,9 +41,8 @@ fn step(c: &mut Criterion) {
             model
                 .forward_backward(&b, &lora, &mut grads, &StepOptions::default())
                 .unwrap();
-            let gb = grads.bufs();
-            let mut p = lora.params_mut();
-            opt.step(&be, &mut p, &gb, 1e-4).unwrap();
+            lora.update(&be, |p| opt.step(&be, p, &grads.bufs(), 1e-4))
+                .unwrap();
         })
     });
     g.bench_function("train_step_recompute", |bench| {

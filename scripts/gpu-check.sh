@@ -11,11 +11,13 @@
 #                                lent GPU machine, which takes 64 MiB and reaches nothing outside).
 #   scripts/gpu-check.sh run     on the GPU machine, from the repository root: runs every CUDA
 #                                test with GRADIENTS_REQUIRE_GPU=1 (a missing GPU fails); then a
-#                                10-step LoRA run of examples/alpaca-smollm2.toml on cpu and twice
-#                                on cuda, and prints one table: per-step losses cpu vs cuda
-#                                (within 1e-2 relative), the two cuda runs bit-identical, tokens/s
-#                                of each; then, when torch + peft import, scripts/compare/run.sh in
-#                                GPU mode (train/eval tokens/s, peak memory, MFU vs PEFT).
+#                                10-step LoRA run of examples/alpaca-smollm2.toml on cpu, twice
+#                                on cuda in f32 and twice on cuda in bf16 (mixed precision), and
+#                                prints one table: per-step losses cpu vs cuda f32 (within 1e-2
+#                                relative) and vs cuda bf16 (within 3e-2), each pair of cuda runs
+#                                bit-identical, tokens/s of each; then, when torch + peft import,
+#                                scripts/compare/run.sh in GPU mode, bf16 on both sides
+#                                (train/eval tokens/s, GPU memory, MFU vs PEFT).
 #                                The model: the cached SmolLM2 GGUF when present, else a
 #                                SmolLM2-shaped model with seeded random weights made on the spot
 #                                (scripts/compare/random_smollm2.py: same shapes, so the same
@@ -60,7 +62,8 @@ PY
     ls -la "$BIN" "$BIN.tar.xz"
 }
 
-# One training run: $1 device, $2 output dir; prints the summary's JSON line.
+# One training run: $1 device, $2 output dir, $3 precision (default f32); prints the
+# summary's JSON line.
 train() {
     local cfg="$2/run.toml"
     mkdir -p "$2"
@@ -69,7 +72,7 @@ train() {
         -e "s#^model = .*#model = \"$MODEL\"#" \
         -e "s#^dataset = .*#dataset = \"$DATA\"#" \
         -e "s#^save_every = .*#skip_eval = true#" examples/alpaca-smollm2.toml >"$cfg"
-    "$BIN/gradients" train --config "$cfg" --fresh --device "$1" --json | tail -1
+    "$BIN/gradients" train --config "$cfg" --fresh --device "$1" --precision "${3:-f32}" --json | tail -1
 }
 
 run() {
@@ -92,25 +95,30 @@ run() {
         MODEL=$tmp/model
         "$PYTHON" scripts/compare/random_smollm2.py --out "$MODEL" --tokenizer "$BIN/assets/tokenizer" || exit 1
     fi
-    echo "== SmolLM2-135M LoRA, 10 steps: cpu, cuda, cuda"
+    echo "== SmolLM2-135M LoRA, 10 steps: cpu; cuda f32 twice; cuda bf16 twice"
     train cpu "$tmp/cpu" >"$tmp/cpu.json"
     train cuda "$tmp/cuda1" >"$tmp/cuda1.json"
     train cuda "$tmp/cuda2" >"$tmp/cuda2.json"
+    train cuda "$tmp/bf1" bf16 >"$tmp/bf1.json"
+    train cuda "$tmp/bf2" bf16 >"$tmp/bf2.json"
     python3 - "$tmp" <<'PY' || failed=1
 import json, sys
 d = sys.argv[1]
-r = {k: json.load(open(f"{d}/{k}.json")) for k in ["cpu", "cuda1", "cuda2"]}
-c, g, g2 = r["cpu"]["losses"], r["cuda1"]["losses"], r["cuda2"]["losses"]
-print(f"{'step':>4} {'cpu loss':>10} {'cuda loss':>10} {'rel diff':>9}")
-worst = 0.0
-for i, (a, b) in enumerate(zip(c, g)):
-    rel = abs(a - b) / abs(a)
-    worst = max(worst, rel)
-    print(f"{i + 1:>4} {a:>10.5f} {b:>10.5f} {rel:>9.2e}")
-same = g == g2 and len(g) == len(c) == 10
-print(f"tokens/s: cpu {r['cpu']['tokens_per_s']:.0f}, cuda {r['cuda1']['tokens_per_s']:.0f}")
-print(f"cuda runs bit-identical: {same}; worst cpu/cuda loss difference {worst:.2e} (limit 1e-2)")
-sys.exit(0 if same and worst <= 1e-2 else 1)
+r = {k: json.load(open(f"{d}/{k}.json")) for k in ["cpu", "cuda1", "cuda2", "bf1", "bf2"]}
+c, g, b = r["cpu"]["losses"], r["cuda1"]["losses"], r["bf1"]["losses"]
+print(f"{'step':>4} {'cpu loss':>10} {'cuda f32':>10} {'rel diff':>9} {'cuda bf16':>10} {'rel diff':>9}")
+worst, worst_bf = 0.0, 0.0
+for i, (x, y, z) in enumerate(zip(c, g, b)):
+    rel, rel_bf = abs(x - y) / abs(x), abs(x - z) / abs(x)
+    worst, worst_bf = max(worst, rel), max(worst_bf, rel_bf)
+    print(f"{i + 1:>4} {x:>10.5f} {y:>10.5f} {rel:>9.2e} {z:>10.5f} {rel_bf:>9.2e}")
+same = g == r["cuda2"]["losses"] and len(g) == len(c) == 10
+same_bf = b == r["bf2"]["losses"] and len(b) == 10
+tps = {k: f"{r[k]['tokens_per_s']:.0f}" for k in ["cpu", "cuda1", "bf1"]}
+print(f"tokens/s: cpu {tps['cpu']}, cuda f32 {tps['cuda1']}, cuda bf16 {tps['bf1']}")
+print(f"cuda f32 runs bit-identical: {same}; worst cpu/cuda loss difference {worst:.2e} (limit 1e-2)")
+print(f"cuda bf16 runs bit-identical: {same_bf}; worst cpu/bf16 loss difference {worst_bf:.2e} (limit 3e-2)")
+sys.exit(0 if same and same_bf and worst <= 1e-2 and worst_bf <= 3e-2 else 1)
 PY
     if "$PYTHON" -c "import torch, peft, transformers" 2>/dev/null; then
         echo "== vs PyTorch + PEFT on the GPU (bf16), batch 8 x seq 1024, 10 steps"

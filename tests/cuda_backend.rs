@@ -105,3 +105,42 @@ fn llama_steps_match_cpu_and_repeat_bit_for_bit() {
         model::assert_bit_identical(&a, &b);
     }
 }
+
+/// Mixed precision on the GPU (bf16 weights, activations and tensor-core GEMMs; f32 LoRA,
+/// gradients and AdamW): tracks the f32 CPU run within bf16's rounding, as on the emulator
+/// (tests/kernel_backend.rs), and two GPU runs are bit-identical.
+#[test]
+fn llama_steps_in_bf16_track_cpu_and_repeat_bit_for_bit() {
+    let Some(be) = gpu() else { return };
+    let be = be
+        .clone()
+        .with_precision(gradients_engine::backend::Precision::Bf16);
+    for hd in [32, 64, 128] {
+        let a = model::run(&be, hd);
+        let (_, _, init, _) = model::setup(hd);
+        model::assert_tracks_bf16(&a, &model::reference(hd), &init);
+        model::assert_bit_identical(&a, &model::run(&be, hd));
+    }
+}
+
+/// KV-cached decoding in bf16 on the GPU: logits track the f32 CPU ones within bf16's
+/// rounding (as on the emulator), and two GPU runs are bit-identical.
+#[test]
+fn bf16_cached_decoding_tracks_cpu() {
+    let Some(be) = gpu() else { return };
+    let be = be
+        .clone()
+        .with_precision(gradients_engine::backend::Precision::Bf16);
+    let cpu = gradients_engine::backend::cpu::CpuBackend::<f32>::new();
+    for hd in [32, 64] {
+        let a = model::decode(&be, hd);
+        let e = model::rel_l2(&a.logits, &model::decode(&cpu, hd).logits);
+        assert!(
+            e <= 2e-2,
+            "hd {hd}: bf16 cached logits: relative L2 error {e:.3e}"
+        );
+        let b = model::decode(&be, hd);
+        let bits = |d: &model::Decoded| d.logits.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
+    }
+}

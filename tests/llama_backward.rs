@@ -199,12 +199,14 @@ fn train(
         };
         let s = m.forward_backward(batch, &lora, &mut grads, &opts).unwrap();
         losses.push(s.loss.to_bits());
-        let params = lora.params_mut();
         let (gs, ms, vs) = (grads.bufs(), mo.bufs_mut(), vo.bufs_mut());
-        for (((p, g), mm), vv) in params.into_iter().zip(gs).zip(ms).zip(vs) {
-            be.adamw(p, g, mm, vv, 1e-2, 0.9, 0.999, 1e-8, 0.01, step)
-                .unwrap();
-        }
+        lora.update(&be, |params| {
+            for (((p, g), mm), vv) in params.iter_mut().zip(gs).zip(ms).zip(vs) {
+                be.adamw(p, g, mm, vv, 1e-2, 0.9, 0.999, 1e-8, 0.01, step)?;
+            }
+            Ok(())
+        })
+        .unwrap();
     }
     let mut out = lw.clone();
     lora.download(&be, &mut out).unwrap();

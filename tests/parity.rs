@@ -214,9 +214,8 @@ fn check_fixture(name: &str) {
             1e-4,
             0.0,
         );
-        let gb = grads.bufs();
-        let mut params = lora.params_mut();
-        opt.step(&be, &mut params, &gb, 1e-2).unwrap();
+        lora.update(&be, |params| opt.step(&be, params, &grads.bufs(), 1e-2))
+            .unwrap();
     }
     let mut after = lora_w.clone();
     lora.download(&be, &mut after).unwrap();

@@ -13,7 +13,7 @@ use std::path::Path;
 use common::{random_weights, tiny_config, LetterTok};
 use gradients_engine::backend::cpu::CpuBackend;
 use gradients_engine::backend::kernel::{EmuDevice, KernelBackend};
-use gradients_engine::backend::Backend;
+use gradients_engine::backend::{Backend, Precision};
 use gradients_engine::lora::LoraWeights;
 use gradients_engine::model::Arch;
 use gradients_engine::train::{train_model_on, RunOptions, StepRecord, TrainConfig};
@@ -88,21 +88,36 @@ lr = 0.01
     (steps, s.final_test_loss.unwrap(), lw)
 }
 
-#[test]
-fn training_on_the_emulated_kernels_matches_the_cpu_backend() {
+/// How far a kernel-backend run may be from the CPU run: step losses and the test loss
+/// relative, gradient norms relative, and the adapter.
+struct Tol {
+    loss: f64,
+    grad_norm: f64,
+    adapter: AdapterTol,
+}
+
+/// How close the final adapters must be.
+enum AdapterTol {
+    /// Every value within this absolute difference.
+    Abs(f32),
+    /// Each tensor within this relative L2 distance (`‖got − cpu‖ / ‖cpu‖`): with bf16
+    /// gradients an entry near zero may take an AdamW step of the other sign, so single values
+    /// can differ by two steps while the tensor stays close.
+    RelL2(f64),
+}
+
+/// Trains on the CPU backend and on `be` (over the emulator) and compares within `tol`;
+/// returns the kernel run.
+fn matches_cpu(be: KernelBackend<EmuDevice>, tol: Tol) -> (Vec<StepRecord>, f64, LoraWeights) {
     let dir = tempfile::tempdir().unwrap();
     let data = write_dataset(dir.path());
     let (cs, ct, cw) = run(CpuBackend::<f32>::new(), &data, &dir.path().join("cpu"));
-    let (ks, kt, kw) = run(
-        KernelBackend::new(EmuDevice),
-        &data,
-        &dir.path().join("emu"),
-    );
+    let (ks, kt, kw) = run(be, &data, &dir.path().join("emu"));
     assert_eq!(cs.len(), 2);
     assert_eq!(ks.len(), cs.len());
     for (k, c) in ks.iter().zip(&cs) {
         assert!(
-            (k.loss - c.loss).abs() <= 1e-4 * c.loss,
+            (k.loss - c.loss).abs() <= tol.loss * c.loss,
             "step {} loss {} vs cpu {}",
             c.step,
             k.loss,
@@ -110,7 +125,7 @@ fn training_on_the_emulated_kernels_matches_the_cpu_backend() {
         );
         let gn = (k.grad_norm - c.grad_norm).abs();
         assert!(
-            gn <= 1e-3 * c.grad_norm,
+            gn <= tol.grad_norm * c.grad_norm,
             "step {} grad norm {} vs cpu {}",
             c.step,
             k.grad_norm,
@@ -118,10 +133,73 @@ fn training_on_the_emulated_kernels_matches_the_cpu_backend() {
         );
         assert_eq!((k.tokens, k.targets), (c.tokens, c.targets));
     }
-    assert!((kt - ct).abs() <= 1e-4 * ct, "test loss {kt} vs cpu {ct}");
-    for (k, c) in kw.params().iter().zip(cw.params()) {
-        for (x, y) in k.data.iter().zip(&c.data) {
-            assert!((x - y).abs() <= 5e-4, "adapter value {x} vs cpu {y}");
+    assert!(
+        (kt - ct).abs() <= tol.loss * ct,
+        "test loss {kt} vs cpu {ct}"
+    );
+    for (i, (k, c)) in kw.params().iter().zip(cw.params()).enumerate() {
+        match tol.adapter {
+            AdapterTol::Abs(t) => {
+                for (x, y) in k.data.iter().zip(&c.data) {
+                    assert!((x - y).abs() <= t, "adapter value {x} vs cpu {y}");
+                }
+            }
+            AdapterTol::RelL2(t) => {
+                let (mut d, mut n) = (0f64, 0f64);
+                for (&x, &y) in k.data.iter().zip(&c.data) {
+                    d += (x as f64 - y as f64).powi(2);
+                    n += (y as f64).powi(2);
+                }
+                let e = (d / n).sqrt();
+                assert!(e <= t, "adapter tensor {i}: relative L2 distance {e:.3e}");
+            }
         }
     }
+    (ks, kt, kw)
+}
+
+#[test]
+fn training_on_the_emulated_kernels_matches_the_cpu_backend() {
+    let tol = Tol {
+        loss: 1e-4,
+        grad_norm: 1e-3,
+        adapter: AdapterTol::Abs(5e-4),
+    };
+    matches_cpu(KernelBackend::new(EmuDevice), tol);
+}
+
+/// Mixed precision (bf16 weights, activations and GEMM operands; f32 LoRA, gradients and
+/// AdamW) tracks the f32 CPU run within bf16's rounding, and repeats bit for bit.
+#[test]
+fn bf16_training_tracks_the_cpu_backend_and_repeats() {
+    let bf16 = || KernelBackend::new(EmuDevice).with_precision(Precision::Bf16);
+    // the emulator gave (2026-12-07) at most 0.13 relative L2 on an adapter tensor
+    let tol = Tol {
+        loss: 1e-2,
+        grad_norm: 5e-2,
+        adapter: AdapterTol::RelL2(0.3),
+    };
+    let (s1, t1, w1) = matches_cpu(bf16(), tol);
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path());
+    let (s2, t2, w2) = run(bf16(), &data, &dir.path().join("again"));
+    let key = |s: &[StepRecord]| {
+        s.iter()
+            .map(|r| (r.loss.to_bits(), r.grad_norm.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(key(&s1), key(&s2), "bf16 steps differ between runs");
+    assert_eq!(
+        t1.to_bits(),
+        t2.to_bits(),
+        "bf16 test loss differs between runs"
+    );
+    assert_eq!(w1, w2, "bf16 adapters differ between runs");
+    // and the precision took effect: the f32 kernel run's numbers are not these
+    let (sf, _, _) = run(
+        KernelBackend::new(EmuDevice),
+        &data,
+        &dir.path().join("f32"),
+    );
+    assert_ne!(key(&sf), key(&s1), "bf16 run equals the f32 run");
 }

@@ -5,7 +5,8 @@
 #
 # CPU (default): fp32, THREADS threads on both sides; builds the release binary.
 #   PYTHON=/path/to/python-with-torch bash scripts/compare/run.sh [BATCH] [SEQ] [STEPS] [THREADS]
-# GPU: DEVICE=cuda (torch in DTYPE, default bf16; the engine on its CUDA backend). A GPU
+# GPU: DEVICE=cuda (torch in DTYPE, default bf16; the engine on its CUDA backend in the same
+# precision; GPU memory compared as gpu_used_mib, total - free after each step). A GPU
 # machine may have no Rust toolchain: GRADIENTS_BIN=path/to/gradients (built elsewhere)
 # skips the build, and MODEL=path (a GGUF file or an HF directory, e.g. the SmolLM2-shaped
 # random model of scripts/compare/random_smollm2.py) skips the asset fetch.
@@ -22,7 +23,9 @@ if [ -z "${GRADIENTS_BIN:-}" ]; then
     GRADIENTS_BIN=target/release/gradients
 fi
 dev_args=()
-[ "$DEVICE" = cpu ] || dev_args=(--device "$DEVICE")
+# On a GPU the engine runs in the precision torch runs in (bf16: mixed precision, bf16
+# weights/activations, tensor-core GEMMs, f32 LoRA + AdamW; fp32: f32 throughout).
+[ "$DEVICE" = cpu ] || dev_args=(--device "$DEVICE" --precision "$([ "$DTYPE" = bf16 ] && echo bf16 || echo f32)")
 ours="$("$GRADIENTS_BIN" bench --model "$MODEL" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --threads "$THREADS" "${dev_args[@]}")"
 echo "$ours"
 theirs="$(OMP_NUM_THREADS="$THREADS" "$PYTHON" scripts/compare/torch_peft.py --model "$MODEL" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --threads "$THREADS" --device "$DEVICE" --dtype "$DTYPE" 2>/dev/null | tail -n 1)"
@@ -32,10 +35,10 @@ import json, sys
 a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"{'':28}{'gradients':>12}{'torch+peft':>12}{'ratio':>8}")
 keys = [("train_tokens_per_s", "up"), ("eval_tokens_per_s", "up"), ("peak_rss_mib", "down")]
-if "peak_gpu_mib" in b:
-    keys.append(("peak_gpu_mib", "down"))
+if "gpu_used_mib" in b:
+    keys += [("gpu_used_mib", "down"), ("peak_gpu_mib", "down")]
 for k, better in keys:
-    if k not in a:
+    if a.get(k) is None:
         print(f"{k:28}{'-':>12}{b[k]:12.1f}")
         continue
     r = a[k] / b[k]

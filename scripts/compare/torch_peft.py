@@ -9,7 +9,8 @@ train tokens/s, eval tokens/s, peak RSS and the losses.
 Usage (threads must match the engine's run):
     python scripts/compare/torch_peft.py --gguf PATH --batch 4 --seq 256 --steps 5 --threads 2
 GPU mode (same step on `cuda`, weights and activations in --dtype, autocast off, timings
-bracketed by torch.cuda.synchronize; peak memory = torch.cuda.max_memory_allocated; also
+bracketed by torch.cuda.synchronize; peak memory = torch.cuda.max_memory_allocated (tensors) and
+gpu_used_mib = the largest total - free after a step (what the engine reports too); also
 measures the GPU's dense bf16 matmul rate so MFU can be quoted against it):
     python scripts/compare/torch_peft.py --gguf PATH --device cuda --dtype bf16 --batch 8 --seq 1024
 Needs: torch, transformers, peft, gguf (pip). Nothing here is used by the tests.
@@ -83,6 +84,15 @@ def main():
         if gpu:
             torch.cuda.synchronize(dev)
 
+    # GPU memory in use (total - free, as the driver sees it: the same measure as the
+    # engine's gpu_used_mib), sampled after every step and evaluation
+    used = [0]
+
+    def sample_used():
+        if gpu:
+            free, total = torch.cuda.mem_get_info(dev)
+            used[0] = max(used[0], total - free)
+
     if gpu:
         torch.cuda.reset_peak_memory_stats(dev)
     labels = ids.clone()
@@ -103,6 +113,7 @@ def main():
         losses.append(float(out.loss))
         if i >= args.warmup:
             t_train += dt
+        sample_used()
 
     model.eval()
     t_eval = 0.0
@@ -115,10 +126,12 @@ def main():
             dt = time.perf_counter() - t0
             if i >= args.warmup:
                 t_eval += dt
+            sample_used()
 
     extra = {}
     if gpu:
         extra["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        extra["gpu_used_mib"] = used[0] / 2**20
         extra["gpu"] = torch.cuda.get_device_name(dev)
         extra["matmul_bf16_tflops"] = matmul_rate(torch, dev) / 1e12
     print(json.dumps({

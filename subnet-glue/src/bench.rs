@@ -114,6 +114,8 @@ impl BenchTask<'_> {
 
         let mut losses = Vec::new();
         let mut train_s = 0.0;
+        // device memory in use after each step and evaluation (GPU only): its largest value
+        let mut device_used: Option<u64> = None;
         for i in 0..args.warmup + args.steps {
             sync(&lora)?;
             let t0 = Instant::now();
@@ -123,15 +125,14 @@ impl BenchTask<'_> {
                 ..StepOptions::default()
             };
             let s = model.forward_backward(&batch, &lora, &mut grads, &opts)?;
-            let g = grads.bufs();
-            let mut p = lora.params_mut();
-            opt.step(&be, &mut p, &g, 1e-4)?;
+            lora.update(&be, |p| opt.step(&be, p, &grads.bufs(), 1e-4))?;
             sync(&lora)?;
             let dt = t0.elapsed().as_secs_f64();
             losses.push(s.loss);
             if i >= args.warmup {
                 train_s += dt;
             }
+            device_used = device_used.max(be.device_memory_in_use());
         }
         let mut eval_s = 0.0;
         for i in 0..args.warmup + args.steps {
@@ -140,10 +141,12 @@ impl BenchTask<'_> {
             if i >= args.warmup {
                 eval_s += t0.elapsed().as_secs_f64();
             }
+            device_used = device_used.max(be.device_memory_in_use());
         }
         Ok(serde_json::json!({
             "engine": "gradients",
             "backend": be.name(),
+            "precision": be.precision().to_string(),
             "threads": rayon::current_num_threads(),
             "batch": args.batch,
             "seq": args.seq,
@@ -152,6 +155,7 @@ impl BenchTask<'_> {
             "train_tokens_per_s": ntok * args.steps as f64 / train_s,
             "eval_tokens_per_s": ntok * args.steps as f64 / eval_s,
             "peak_rss_mib": peak_rss_mib(),
+            "gpu_used_mib": device_used.map(|b| b as f64 / (1u64 << 20) as f64),
             "losses": losses,
         }))
     }

@@ -1,11 +1,12 @@
-//! `--device` and `--threads`, shared by every command that runs a model: chooses the rayon
-//! thread count and resolves the requested device, falling back to the CPU backend with one
-//! clear line on stderr when CUDA is not usable (no `cuda` build feature, no driver, no GPU).
+//! `--device`, `--precision` and `--threads`, shared by every command that runs a model:
+//! chooses the rayon thread count and resolves the requested device, falling back to the CPU
+//! backend (in f32, the only precision it has) with one clear line on stderr when CUDA is not
+//! usable (no `cuda` build feature, no driver, no GPU).
 //! With `GRADIENTS_REQUIRE_GPU=1` (set by scripts/gpu-check.sh) that fallback is an error
 //! instead, so a GPU check can never compare the CPU with itself.
 
 use anyhow::Context;
-use gradients_engine::backend::device::{resolve, Device};
+use gradients_engine::backend::device::{resolve, Device, Placement, Precision};
 
 /// Flags shared by the commands that run a model.
 #[derive(clap::Args, Clone, Debug)]
@@ -13,6 +14,10 @@ pub struct RunArgs {
     /// Where to run: `cpu`, `cuda` or `cuda:N` (falls back to the CPU, saying why).
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// Storage of activations and frozen weights: `f32` (the reference) or `bf16` (mixed
+    /// precision on `--device cuda`: bf16 GEMMs with f32 accumulation, f32 LoRA and AdamW).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// CPU threads (0 = all cores). Results do not depend on it.
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -22,7 +27,7 @@ impl RunArgs {
     /// [`RunArgs::setup_device`] for a command that runs on the CPU backend only: a usable
     /// CUDA device is reported and replaced by the CPU.
     pub fn setup(&self) -> anyhow::Result<Device> {
-        let device = self.setup_device()?;
+        let Placement { device, .. } = self.setup_device()?;
         if device.is_cuda() {
             eprintln!(
                 "{device}: usable, but this command runs on the CPU backend (CUDA runs `train`, `eval` and `bench`)"
@@ -32,8 +37,9 @@ impl RunArgs {
         Ok(device)
     }
 
-    /// Apply the thread count and resolve the device; returns the device the run uses.
-    pub fn setup_device(&self) -> anyhow::Result<Device> {
+    /// Apply the thread count and resolve the device; returns the device and precision the
+    /// run uses.
+    pub fn setup_device(&self) -> anyhow::Result<Placement> {
         if self.threads > 0 {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(self.threads)
@@ -48,8 +54,18 @@ impl RunArgs {
                 "GRADIENTS_REQUIRE_GPU=1 and the requested device cannot run: {why}"
             );
             eprintln!("{why}");
+            if self.precision != Precision::F32 {
+                eprintln!(
+                    "precision {}: the CPU backend computes in f32",
+                    self.precision
+                );
+                return Ok(device.into());
+            }
         }
-        Ok(device)
+        Ok(Placement {
+            device,
+            precision: self.precision,
+        })
     }
 }
 

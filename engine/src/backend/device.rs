@@ -5,7 +5,7 @@
 //! index out of range, an old driver or a GPU older than sm_80.
 //!
 //! [`run_on`] runs a [`BackendTask`] (work generic over the backend: training, evaluation)
-//! on the backend of a device.
+//! on the backend of a device, in a [`Precision`] (f32, or bf16 on the kernel backend).
 //!
 //! Always compiled and free of cudarc types; with the `cuda` feature the checks are done by
 //! `backend::cuda::probe` (dlopen checks first, then cudarc guarded against panics, so
@@ -72,6 +72,71 @@ impl Device {
     }
 }
 
+/// How the model stores and multiplies its activations and frozen weights. LoRA parameters,
+/// their gradients and the optimiser state are f32 in both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// Everything in f32: the CPU backend's reference semantics (the kernel backend matches
+    /// it within float-reordering tolerance).
+    #[default]
+    F32,
+    /// Mixed precision on the kernel backend: frozen weights, activations and activation
+    /// gradients stored in bf16, every GEMM bf16 × bf16 with f32 accumulation, kernels
+    /// accumulating in f32; LoRA `A`/`B` multiplied through bf16 copies refreshed after each
+    /// update (as autocast would), their gradients and AdamW in f32. Halves the frozen
+    /// weights' and activations' memory and runs the GEMMs on tensor cores.
+    Bf16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+
+    /// Parses `f32` or `bf16` (case-insensitive, surrounding spaces ignored).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(Error::unsupported(format!(
+                "precision `{s}`: expected `f32` or `bf16`"
+            ))),
+        }
+    }
+}
+
+/// Where and how a run computes: a device and a precision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Placement {
+    /// The backend's device.
+    pub device: Device,
+    /// Storage of activations and frozen weights.
+    pub precision: Precision,
+}
+
+impl From<Device> for Placement {
+    /// `device` in f32.
+    fn from(device: Device) -> Self {
+        Placement {
+            device,
+            precision: Precision::F32,
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.device, self.precision)
+    }
+}
+
 /// The device to run on given the `requested` one, and a log line when it differs.
 ///
 /// `cpu` is always usable. For `cuda:N` this checks, without ever panicking, that the build
@@ -103,15 +168,23 @@ pub trait BackendTask {
     fn run<B: Backend + Clone>(self, be: B) -> Result<Self::Output>;
 }
 
-/// Runs `task` on `device`'s backend: the CPU backend (f32), or with the `cuda` feature the
-/// CUDA backend on GPU N (an error naming what is missing when it cannot be opened; pass a
-/// device from [`resolve`] to fall back to the CPU instead). Without the feature a CUDA
-/// device is an error.
-pub fn run_on<T: BackendTask>(device: Device, task: T) -> Result<T::Output> {
+/// Runs `task` on the backend of `at.device` in `at.precision`: the CPU backend (f32 only:
+/// bf16 there is an error saying so), or with the `cuda` feature the CUDA backend on GPU N
+/// (an error naming what is missing when it cannot be opened; pass a device from [`resolve`]
+/// to fall back to the CPU instead). Without the feature a CUDA device is an error.
+pub fn run_on<T: BackendTask>(at: impl Into<Placement>, task: T) -> Result<T::Output> {
+    let Placement { device, precision } = at.into();
     match device {
-        Device::Cpu => task.run(CpuBackend::<f32>::new()),
+        Device::Cpu => {
+            if precision != Precision::F32 {
+                return Err(Error::unsupported(format!(
+                    "precision {precision}: the CPU backend computes in f32 only (bf16 runs on `--device cuda`)"
+                )));
+            }
+            task.run(CpuBackend::<f32>::new())
+        }
         #[cfg(feature = "cuda")]
-        Device::Cuda(n) => task.run(super::cuda::CudaBackend::on_gpu(n)?),
+        Device::Cuda(n) => task.run(super::cuda::CudaBackend::on_gpu(n)?.with_precision(precision)),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(n) => Err(Error::unsupported(format!(
             "cuda:{n}: this build has no CUDA support (rebuild with `--features cuda`)"
@@ -142,5 +215,30 @@ mod tests {
         }
         assert!(Device::Cuda(1).is_cuda() && !Device::Cpu.is_cuda());
         assert_eq!(Device::default(), Device::Cpu);
+    }
+
+    #[test]
+    fn precision_parses_and_the_cpu_refuses_bf16() {
+        for p in [Precision::F32, Precision::Bf16] {
+            assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
+        }
+        assert_eq!(" BF16 ".parse::<Precision>().unwrap(), Precision::Bf16);
+        let e = "f16".parse::<Precision>().unwrap_err().to_string();
+        assert!(e.contains("`f16`") && e.contains("bf16"), "{e}");
+        struct Name;
+        impl BackendTask for Name {
+            type Output = String;
+            fn run<B: Backend + Clone>(self, be: B) -> Result<String> {
+                Ok(be.name())
+            }
+        }
+        assert_eq!(run_on(Device::Cpu, Name).unwrap(), "cpu");
+        let bf16 = Placement {
+            device: Device::Cpu,
+            precision: Precision::Bf16,
+        };
+        assert_eq!(bf16.to_string(), "cpu (bf16)");
+        let e = run_on(bf16, Name).unwrap_err().to_string();
+        assert!(e.contains("f32 only"), "{e}");
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Conventions shared by every op:
 //! - Buffers hold row-major values; the CPU backend stores `f32` (or `f64` in gradient checks),
-//!   the CUDA backend may store frozen weights as bf16. Scalars are passed as `f32`.
+//!   the kernel backend f32 or, in [`Precision::Bf16`], bf16 activations and frozen weights
+//!   (see "compute precision" in the trait). Scalars are passed as `f32`.
 //! - Argument order is outputs, then inputs, then dims (llm.c's convention).
 //! - "Tokens" are the `n = batch * seq` rows of a step; small per-token metadata (ids, positions,
 //!   labels, sample starts) travels as host slices and the backend uploads it if it must.
@@ -19,6 +20,8 @@ pub mod decode_check; // check_copy_rows, DecodeDims: the checks of the cached-d
 pub mod device; // Device (cpu, cuda:N), resolve: CUDA checks with a CPU fallback
 pub mod kernel; // KernelBackend over KernelDevice (EmuDevice; CudaDevice with `cuda`)
 pub mod rope_table; // RopeTable::new, rope_inv_freq (llama3 scaling)
+
+pub use device::Precision;
 
 use crate::error::Result;
 
@@ -56,6 +59,35 @@ pub trait Backend: Send + Sync {
     fn fill(&self, buf: &mut Self::Buf, value: f32) -> Result<()>;
     /// `dst = src` (same length).
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
+
+    // ---- compute precision --------------------------------------------------------------
+    // The model stores its frozen weights and every activation (and activation gradient) in
+    // the backend's compute precision, and keeps what must stay exact in f32: LoRA
+    // parameters, their gradients and optimiser state, RMSNorm's 1/rms, attention's
+    // log-sum-exp, losses. The CPU backend computes in f32 only, so for it these are
+    // `alloc`, `upload` and `copy`.
+    /// The precision activations and frozen weights are stored in.
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
+    /// A zero-filled buffer of `len` values in the compute precision.
+    fn alloc_compute(&self, len: usize) -> Result<Self::Buf> {
+        self.alloc(len)
+    }
+    /// A buffer holding `data` in the compute precision (bf16: rounded to nearest even).
+    fn upload_compute(&self, data: &[f32]) -> Result<Self::Buf> {
+        self.upload(data)
+    }
+    /// `dst = src` converted to `dst`'s element type (f32 → bf16 rounds to nearest even,
+    /// bf16 → f32 is exact); same length.
+    fn convert(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()> {
+        self.copy(dst, src)
+    }
+    /// Bytes of device memory in use, for a backend with its own memory (a GPU: the driver's
+    /// `total − free`); `None` where the process's RSS already says it (the CPU).
+    fn device_memory_in_use(&self) -> Option<u64> {
+        None
+    }
 
     // ---- dense algebra ------------------------------------------------------------------
     /// `C = beta*C + alpha * op(A) * op(B)` with `op(A)` of shape `[m, k]` and `op(B)` of shape

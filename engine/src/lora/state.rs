@@ -7,7 +7,7 @@
 //! `model/llama.rs` (reads the state, writes the gradients).
 
 use super::{LoraConfig, LoraWeights, Target};
-use crate::backend::Backend;
+use crate::backend::{Backend, Precision};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -68,12 +68,45 @@ fn download_into<B: Backend>(be: &B, slots: &Slots<B>, w: &mut LoraWeights) -> R
 }
 
 /// The trainable LoRA parameters on a backend, with the hyper-parameters the forward needs.
+///
+/// The parameters are f32 (AdamW's small updates need it). On a backend computing in a lower
+/// precision (`Backend::precision`) the state also keeps a copy of every pair in that
+/// precision, which the model's GEMMs multiply with (autocast's rule: a matmul's operands
+/// share the activations' dtype); [`LoraState::update`] is the only way to change the
+/// parameters and refreshes the copies, so they can never be stale.
 pub struct LoraState<B: Backend> {
     /// Rank, alpha, dropout and targets (canonical order).
     pub config: LoraConfig,
     /// `s` multiplying `B·A` (`alpha/r`, or `alpha/√r` with rsLoRA).
     pub scaling: f32,
     slots: Slots<B>,
+    /// The pairs in the compute precision, when it is not f32.
+    compute: Option<Slots<B>>,
+}
+
+/// Compute-precision copies of `slots` (`None` on an f32 backend).
+fn compute_copies<B: Backend>(be: &B, slots: &Slots<B>) -> Result<Option<Slots<B>>> {
+    if be.precision() == Precision::F32 {
+        return Ok(None);
+    }
+    let mut out = empty_slots::<B>(slots.len());
+    for (l, layer) in slots.iter().enumerate() {
+        for (t, p) in layer.iter().enumerate() {
+            if let Some(p) = p {
+                let mut a = be.alloc_compute(be.len(&p.a))?;
+                let mut b = be.alloc_compute(be.len(&p.b))?;
+                be.convert(&mut a, &p.a)?;
+                be.convert(&mut b, &p.b)?;
+                out[l][t] = Some(LoraPairBufs {
+                    a,
+                    b,
+                    out_dim: p.out_dim,
+                    in_dim: p.in_dim,
+                });
+            }
+        }
+    }
+    Ok(Some(out))
 }
 
 impl<B: Backend> LoraState<B> {
@@ -106,6 +139,7 @@ impl<B: Backend> LoraState<B> {
         Ok(LoraState {
             config: w.config.clone(),
             scaling: w.config.scaling(),
+            compute: compute_copies(be, &slots)?,
             slots,
         })
     }
@@ -127,14 +161,35 @@ impl<B: Backend> LoraState<B> {
             .and_then(|l| l[target as usize].as_ref())
     }
 
+    /// The pair of `(layer, target)` in the backend's compute precision, for the GEMMs with
+    /// activations: the f32 parameters themselves on an f32 backend, else their copies.
+    pub fn get_compute(&self, layer: usize, target: Target) -> Option<&LoraPairBufs<B>> {
+        self.compute
+            .as_ref()
+            .unwrap_or(&self.slots)
+            .get(layer)
+            .and_then(|l| l[target as usize].as_ref())
+    }
+
     /// Every parameter buffer in optimiser order (layer, target, `A` then `B`).
     pub fn params(&self) -> Vec<&B::Buf> {
         flat(&self.slots)
     }
 
-    /// Mutable parameter buffers in the order of [`LoraState::params`].
-    pub fn params_mut(&mut self) -> Vec<&mut B::Buf> {
-        flat_mut(&mut self.slots)
+    /// Changes the parameters: `f` gets them mutably, in the order of [`LoraState::params`]
+    /// (an optimiser step), then the compute-precision copies are refreshed from them.
+    pub fn update<R>(
+        &mut self,
+        be: &B,
+        f: impl FnOnce(&mut [&mut B::Buf]) -> Result<R>,
+    ) -> Result<R> {
+        let out = f(&mut flat_mut(&mut self.slots))?;
+        if let Some(copies) = self.compute.as_mut() {
+            for (c, p) in flat_mut(copies).into_iter().zip(flat(&self.slots)) {
+                be.convert(c, p)?;
+            }
+        }
+        Ok(out)
     }
 
     /// Zero-filled gradient buffers shaped like this state.

@@ -42,7 +42,7 @@ pub(crate) struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     /// The one place the cache is allocated: `layers` blocks of `slots·max_len` rows of `kv`
-    /// values for keys and for values.
+    /// values for keys and for values, in the backend's compute precision.
     fn new(be: &B, layers: usize, slots: usize, max_len: usize, kv: usize) -> Result<Self> {
         let rows = slots
             .checked_mul(max_len)
@@ -58,9 +58,10 @@ impl<B: Backend> KvCache<B> {
         let len = rows
             .checked_mul(kv)
             .ok_or_else(|| Error::shape("kv cache", format!("{rows} rows × {kv} overflows")))?;
+        // in the compute precision, like the plan's keys and values they are copied from
         let bufs = || {
             (0..layers)
-                .map(|_| be.alloc(len))
+                .map(|_| be.alloc_compute(len))
                 .collect::<Result<Vec<_>>>()
         };
         Ok(KvCache {
@@ -225,7 +226,9 @@ impl<B: Backend> Llama<B> {
         let rows = ids.len() - start;
         let plan = self.used_plan(used)?;
         let xf = self.backend().download(&plan.xf)?;
-        let tail = self.backend().upload(&xf[start * h..ids.len() * h])?;
+        let tail = self
+            .backend()
+            .upload_compute(&xf[start * h..ids.len() * h])?;
         let mut logits = self.backend().alloc(rows * vocab)?;
         self.head(&mut logits, &tail, rows)?;
         self.backend().download(&logits)

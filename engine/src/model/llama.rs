@@ -144,7 +144,7 @@ fn upload_layer<B: Backend>(
         cfg.kv_dim(),
         cfg.intermediate_size,
     );
-    let up = |t: &Tensor| be.upload(&t.data);
+    let up = |t: &Tensor| be.upload_compute(&t.data);
     let LayerWeights {
         attn_norm,
         wq,
@@ -205,7 +205,7 @@ impl<B: Backend> Llama<B> {
     /// Upload `w` (checked against `cfg`) to `be`.
     pub fn new(be: B, cfg: &ModelConfig, w: &ModelWeights) -> Result<Self> {
         check_top(cfg, w)?;
-        let up = |t: &Tensor| be.upload(&t.data);
+        let up = |t: &Tensor| be.upload_compute(&t.data);
         let layers = w
             .layers
             .iter()
@@ -237,13 +237,13 @@ impl<B: Backend> Llama<B> {
             final_norm,
             lm_head,
         } = w;
-        let embed = be.upload(&embed.data)?; // the host tensor is dropped here
+        let embed = be.upload_compute(&embed.data)?; // the host tensor is dropped here
         let mut layers = Vec::with_capacity(host_layers.len());
         for (i, l) in host_layers.into_iter().enumerate() {
             layers.push(upload_layer(&be, cfg, i, &l)?);
         }
-        let final_norm = be.upload(&final_norm.data)?;
-        let lm_head = lm_head.map(|t| be.upload(&t.data)).transpose()?;
+        let final_norm = be.upload_compute(&final_norm.data)?;
+        let lm_head = lm_head.map(|t| be.upload_compute(&t.data)).transpose()?;
         release_freed_heap();
         Ok(Llama {
             embed,

@@ -53,7 +53,7 @@ impl<B: Backend> Ctx<'_, B> {
         let Some(state) = self.lora else {
             return Ok(());
         };
-        let Some(pair) = state.get(layer, t) else {
+        let Some(pair) = state.get_compute(layer, t) else {
             return Ok(());
         };
         let missing = |what: &str| {

@@ -94,7 +94,7 @@ impl<B: Backend> Ctx<'_, B> {
         let (Some(state), Some(u)) = (self.lora, u) else {
             return Ok(());
         };
-        let Some(pair) = state.get(layer, t) else {
+        let Some(pair) = state.get_compute(layer, t) else {
             return Ok(());
         };
         let r = state.config.rank;

@@ -192,7 +192,10 @@ impl<B: Backend> Plan<B> {
         let d = key.dims;
         let n = d.n;
         let rank = key.lora.as_ref().map(|(r, _)| *r);
-        let alloc = |len: usize| be.alloc(len);
+        // activations and their gradients in the compute precision; 1/rms and the
+        // log-sum-exp in f32
+        let alloc = |len: usize| be.alloc_compute(len);
+        let alloc_f32 = |len: usize| be.alloc(len);
         let mut acts = Vec::with_capacity(key.saved);
         for _ in 0..key.saved {
             let mut lora_u: [Option<B::Buf>; 7] = std::array::from_fn(|_| None);
@@ -202,12 +205,12 @@ impl<B: Backend> Plan<B> {
                 }
             }
             acts.push(LayerActs {
-                rstd1: alloc(n)?,
+                rstd1: alloc_f32(n)?,
                 q: alloc(n * d.qd)?,
                 k: alloc(n * d.kv)?,
                 v: alloc(n * d.kv)?,
                 x_mid: alloc(n * d.h)?,
-                rstd2: alloc(n)?,
+                rstd2: alloc_f32(n)?,
                 gate: alloc(n * d.f)?,
                 up: alloc(n * d.f)?,
                 lora_u,
@@ -248,14 +251,14 @@ impl<B: Backend> Plan<B> {
             acts,
             recomp: Recomputed {
                 xn: alloc(n * d.h)?,
-                rstd: alloc(n)?,
+                rstd: alloc_f32(n)?,
                 att: alloc(n * d.qd)?,
-                lse: alloc(n * d.heads)?,
+                lse: alloc_f32(n * d.heads)?,
                 act: alloc(n * d.f)?,
             },
             proj: alloc(n * d.h)?,
             xf: alloc(n * d.h)?,
-            rstd_f: alloc(n)?,
+            rstd_f: alloc_f32(n)?,
             drop,
             grads,
             key,

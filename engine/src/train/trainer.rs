@@ -51,7 +51,7 @@ use super::metrics::Metrics;
 use super::plan::{micro_batch, plan_steps, prepare_data};
 use super::plot::write_loss_curve;
 use crate::backend::cpu::CpuBackend;
-use crate::backend::device::{run_on, BackendTask, Device};
+use crate::backend::device::{run_on, BackendTask, Device, Placement};
 use crate::backend::Backend;
 use crate::data::{Mapping, TextTokenizer, TokenizedSample};
 use crate::error::{Error, Result};
@@ -227,14 +227,15 @@ pub fn train(
     opts: &RunOptions,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<TrainSummary> {
-    train_on(cfg, Device::Cpu, opts, on_event)
+    train_on(cfg, Device::Cpu.into(), opts, on_event)
 }
 
-/// [`train`] on `device` (resolve it first with `backend::device::resolve`): the CPU backend,
-/// or with the `cuda` feature the CUDA backend on GPU N.
+/// [`train`] on a device and precision (resolve the device first with
+/// `backend::device::resolve`): the CPU backend, or with the `cuda` feature the CUDA backend on
+/// GPU N, in f32 or bf16.
 pub fn train_on(
     cfg: &TrainConfig,
-    device: Device,
+    at: Placement,
     opts: &RunOptions,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<TrainSummary> {
@@ -258,7 +259,7 @@ pub fn train_on(
         opts,
         on_event,
     };
-    run_on(device, task)
+    run_on(at, task)
 }
 
 /// The arguments of [`train_model_on`], as work for [`run_on`].
@@ -545,7 +546,7 @@ fn run_with<B: Backend + Clone>(
             ));
         }
         let lr = schedule.lr_at(state.step);
-        opt.step(&be, &mut lora.params_mut(), &grads.bufs(), lr)?;
+        lora.update(&be, |params| opt.step(&be, params, &grads.bufs(), lr))?;
         let dt = t0.elapsed().as_secs_f64();
         slowest = slowest.max(dt);
         train_secs += dt;

@@ -120,6 +120,10 @@ impl KernelDevice for CudaDevice {
         self.rt.alloc_elem(elem, len)
     }
 
+    fn memory_in_use(&self) -> Option<u64> {
+        self.rt.memory_in_use().ok()
+    }
+
     fn upload_f32(&self, data: &[f32]) -> Result<CudaBuf> {
         self.rt.upload_f32(data)
     }

@@ -163,6 +163,14 @@ impl CudaRuntime {
         })
     }
 
+    /// Bytes of the GPU's memory in use by every process (`total − free` from the driver,
+    /// this context's own overhead and cuBLASLt's workspace included).
+    pub fn memory_in_use(&self) -> Result<u64> {
+        let (free, total) =
+            self.driver(self.ctx.mem_get_info(), || "query memory info".to_string())?;
+        Ok(total.saturating_sub(free) as u64)
+    }
+
     /// Waits until all work queued on the stream is done (and reports its errors).
     pub fn synchronize(&self) -> Result<()> {
         self.driver(self.stream.synchronize(), || "synchronize".to_string())

@@ -12,9 +12,11 @@
 //! checked against the kernel's parameter list in `table.rs` (count, kinds and element types)
 //! before the device sees them, on both devices.
 //!
-//! Buffers made by the `Backend` API hold f32; [`KernelBackend::upload_as`] also makes bf16
-//! buffers, which every op with a bf16 kernel accepts (all of an op's activations share one
-//! dtype; `lse`, `rstd`, RoPE tables and optimiser state stay f32).
+//! Buffers made by `Backend::alloc`/`upload` hold f32; those of `alloc_compute`/`upload_compute`
+//! hold the backend's [`Precision`] (f32 or bf16, [`KernelBackend::with_precision`]), and
+//! [`KernelBackend::upload_as`] makes either. Every op with a bf16 kernel accepts bf16 buffers
+//! (all of an op's activations share one dtype; `lse`, `rstd`, RoPE tables and optimiser state
+//! stay f32); GEMMs take bf16 operands with an f32 or bf16 result.
 //! Files: `table.rs` (kernel signatures + emulator FFI), `emu.rs` (EmuDevice), `ops.rs` (the
 //! `Backend` impl), `attention.rs` (attention tiles and launches), `decode.rs` (the KV cache's
 //! row copy and decoding attention), `rope.rs`, `xent.rs` (cross-entropy).
@@ -35,6 +37,7 @@ pub use attention::{backward_smem_bytes, backward_tiles, check_starts, forward_t
 pub use emu::{EmuBuf, EmuDevice};
 pub use table::{kernel_names, signature, Param};
 
+use crate::backend::Precision;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
@@ -181,6 +184,10 @@ pub trait KernelDevice: Send + Sync {
     fn download_f64(&self, buf: &Self::Buf) -> Result<Vec<f64>>;
     /// Number of values.
     fn len(&self, buf: &Self::Buf) -> usize;
+    /// Bytes of device memory in use, where the device can tell (the GPU: `total − free`).
+    fn memory_in_use(&self) -> Option<u64> {
+        None
+    }
     /// Element type.
     fn elem(&self, buf: &Self::Buf) -> Elem;
     /// Launches kernel `name` of kernels/*.cu with `cfg` and `args` (already checked against
@@ -299,6 +306,8 @@ struct State<B> {
 pub struct KernelBackend<D: KernelDevice> {
     dev: D,
     state: Arc<Mutex<State<D::Buf>>>,
+    /// Storage of activations and frozen weights (`Backend::precision`).
+    precision: Precision,
 }
 
 impl<D: KernelDevice + Clone> Clone for KernelBackend<D> {
@@ -306,18 +315,19 @@ impl<D: KernelDevice + Clone> Clone for KernelBackend<D> {
         KernelBackend {
             dev: self.dev.clone(),
             state: self.state.clone(),
+            precision: self.precision,
         }
     }
 }
 
 impl<D: KernelDevice> std::fmt::Debug for KernelBackend<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KernelBackend({})", self.dev.name())
+        write!(f, "KernelBackend({}, {})", self.dev.name(), self.precision)
     }
 }
 
 impl<D: KernelDevice> KernelBackend<D> {
-    /// A backend running on `dev`.
+    /// A backend running on `dev` in f32.
     pub fn new(dev: D) -> Self {
         KernelBackend {
             dev,
@@ -328,6 +338,22 @@ impl<D: KernelDevice> KernelBackend<D> {
                 losses: None,
                 partials: None,
             })),
+            precision: Precision::F32,
+        }
+    }
+
+    /// This backend computing in `precision` (see [`Precision`]): the model then stores its
+    /// frozen weights and activations in it (`Backend::alloc_compute`, `upload_compute`).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The element type of [`Backend::alloc_compute`] buffers.
+    pub(super) fn compute_elem(&self) -> Elem {
+        match self.precision {
+            Precision::F32 => Elem::F32,
+            Precision::Bf16 => Elem::Bf16,
         }
     }
 

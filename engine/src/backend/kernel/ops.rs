@@ -9,8 +9,9 @@ use super::BLOCK_THREADS;
 use super::{meta_buf, scratch, Elem, GemmShape, KArg, KernelBackend, KernelDevice, Launch, Meta};
 use crate::backend::cpu::adamw::Hyper;
 use crate::backend::cpu::{check_len, checked_size, dropout_threshold};
-use crate::backend::{Backend, RopeTable};
+use crate::backend::{Backend, Precision, RopeTable};
 use crate::error::{Error, Result};
+use crate::tensor::DType;
 
 /// Partial sums of `sumsq_partials_f32`: ceil(len / NORM_CHUNK), at most NORM_MAX_PARTS
 /// (kernels/norm.cu).
@@ -91,6 +92,44 @@ impl<D: KernelDevice> Backend for KernelBackend<D> {
         let args = &mut [KArg::Mut(dst, 0), KArg::Ref(src, 0), KArg::Usize(len)];
         // SAFETY: both buffers hold len values (checked).
         unsafe { self.launch(&format!("copy_{}", e.suffix()), cfg, args) }
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn device_memory_in_use(&self) -> Option<u64> {
+        self.dev.memory_in_use()
+    }
+
+    fn alloc_compute(&self, len: usize) -> Result<D::Buf> {
+        self.dev.alloc(self.compute_elem(), len)
+    }
+
+    fn upload_compute(&self, data: &[f32]) -> Result<D::Buf> {
+        match self.precision {
+            Precision::F32 => self.dev.upload_f32(data),
+            Precision::Bf16 => self.upload_as(DType::BF16, data),
+        }
+    }
+
+    fn convert(&self, dst: &mut D::Buf, src: &D::Buf) -> Result<()> {
+        let op = "convert";
+        let len = self.dev.len(src);
+        check_len(op, "dst", self.dev.len(dst), len, || format!("src [{len}]"))?;
+        let (to, from) = (self.storage(op, "dst", dst)?, self.storage(op, "src", src)?);
+        let name = match (to, from) {
+            _ if to == from => return self.copy(dst, src),
+            (Elem::Bf16, Elem::F32) => "cast_f32_to_bf16",
+            _ => "cast_bf16_to_f32",
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        let cfg = Launch::linear(op, len.div_ceil(BLOCK_THREADS as usize * 8), BLOCK_THREADS)?;
+        let args = &mut [KArg::Mut(dst, 0), KArg::Ref(src, 0), KArg::Usize(len)];
+        // SAFETY: both buffers hold len values (checked); 8 values per thread.
+        unsafe { self.launch(name, cfg, args) }
     }
 
     fn gemm(
