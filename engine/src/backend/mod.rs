@@ -220,7 +220,7 @@ pub trait Backend: Send + Sync {
     /// Attention of one query per sequence against its cached keys and values (decoding):
     /// query `i` (of `b = first.len()`) attends the cache rows `first[i] ..= first[i] +
     /// last[i]`, i.e. positions `0..=last[i]` of its sequence; GQA as in
-    /// [`Backend::attention_forward`], scale `1/sqrt(hd)`, softmax accumulated in f32.
+    /// [`Backend::attention_forward`], scale `1/sqrt(hd)`, softmax accumulated in f32 (or wider).
     /// q/out `[b, heads*hd]`, k/v `[m, kv_heads*hd]` (the cache, `m` rows).
     #[allow(clippy::too_many_arguments)]
     fn attention_decode(
