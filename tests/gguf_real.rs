@@ -6,6 +6,7 @@
 //! binary. Expected values were produced by tools/gguf_reference.py and
 //! tools/tokenizer_ids.py (see each constant).
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -68,9 +69,12 @@ fn config_matches_the_model_card() {
     assert_eq!(m.weights.layers.len(), 30);
     let l = &m.weights.layers[7];
     assert_eq!(m.weights.embed.shape, vec![49152, 576]);
-    assert_eq!(l.wq.shape, vec![576, 576]);
-    assert_eq!(l.wk.shape, vec![192, 576]);
-    assert_eq!(l.w_down.shape, vec![576, 1536]);
+    assert_eq!(l.wq.shape(), [576, 576]);
+    assert_eq!(l.wk.shape(), [192, 576]);
+    assert_eq!(l.w_down.shape(), [576, 1536]);
+    // the Linear weights stay packed as the file stores them (20 bytes per 32 values)
+    assert!(l.wq.is_packed() && l.wq.encoding() == "Q4_1");
+    assert_eq!(l.w_down.stored_bytes(), 576 * 1536 / 32 * 20);
     let params = m.weights.num_params();
     assert_eq!(params, 134_515_008);
 }
@@ -154,14 +158,14 @@ const REFERENCE: &[(&str, f64, &[(usize, usize, f64)])] = &[
     ),
 ];
 
-fn by_name<'a>(w: &'a ModelWeights, name: &str) -> &'a Tensor {
+fn by_name<'a>(w: &'a ModelWeights, name: &str) -> Cow<'a, Tensor> {
     match name {
-        "token_embd.weight" => &w.embed,
-        "blk.0.attn_q.weight" => &w.layers[0].wq,
-        "blk.0.attn_k.weight" => &w.layers[0].wk,
-        "blk.0.attn_v.weight" => &w.layers[0].wv,
-        "blk.29.ffn_down.weight" => &w.layers[29].w_down,
-        "output_norm.weight" => &w.final_norm,
+        "token_embd.weight" => Cow::Borrowed(&w.embed),
+        "blk.0.attn_q.weight" => w.layers[0].wq.dense(),
+        "blk.0.attn_k.weight" => w.layers[0].wk.dense(),
+        "blk.0.attn_v.weight" => w.layers[0].wv.dense(),
+        "blk.29.ffn_down.weight" => w.layers[29].w_down.dense(),
+        "output_norm.weight" => Cow::Borrowed(&w.final_norm),
         other => panic!("no mapping for {other}"),
     }
 }

@@ -151,7 +151,7 @@ fn bad_inputs_are_errors() {
     let mut m = Llama::new(be.clone(), &cfg, &w).unwrap();
     assert!(m.logits_last(&[], None).is_err());
     assert!(m.logits_last(&[3, 50], None).is_err());
-    w.layers[0].wk = gradients_engine::Tensor::zeros(vec![8, 32]);
+    w.layers[0].wk = gradients_engine::Tensor::zeros(vec![8, 32]).into();
     let err = Llama::new(be, &cfg, &w).err().unwrap().to_string();
     assert!(err.contains("layers.0.self_attn.k_proj"), "{err}");
 }

@@ -204,7 +204,7 @@ fn model_with(
     save_hf_model(dir.path(), cfg, &w).unwrap();
     let mut named: Vec<(String, Tensor)> = hf_named_tensors(&w)
         .into_iter()
-        .map(|(n, t)| (n, t.clone()))
+        .map(|(n, t)| (n, t.into_owned()))
         .collect();
     edit(&mut named);
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
@@ -343,7 +343,7 @@ fn sharded(cfg: &ModelConfig, w: &ModelWeights) -> tempfile::TempDir {
         ("model-00001-of-00002.safetensors", first),
         ("model-00002-of-00002.safetensors", second),
     ] {
-        let refs: Vec<(&str, &Tensor)> = part.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        let refs: Vec<(&str, &Tensor)> = part.iter().map(|(n, t)| (n.as_str(), &**t)).collect();
         write_safetensors(&dir.path().join(file), &refs, None).unwrap();
         for (n, _) in part {
             map.insert(n.clone(), json!(file));
@@ -462,16 +462,18 @@ fn bf16_checkpoint_decodes_to_f32() {
     )
     .unwrap();
     let (_, w2) = load_hf_model(dir.path()).unwrap();
-    let got = w2.layers[1].w_down.data.clone();
+    let got = w2.layers[1].w_down.to_tensor().data;
     let want: Vec<f32> = w.layers[1]
         .w_down
+        .to_tensor()
         .data
         .iter()
         .map(|v| half::bf16::from_f32(*v).to_f32())
         .collect();
     assert_eq!(got, want);
     assert_ne!(
-        got, w.layers[1].w_down.data,
+        got,
+        w.layers[1].w_down.to_tensor().data,
         "bf16 rounding should be visible"
     );
 }

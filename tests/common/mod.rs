@@ -77,17 +77,17 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
             };
             LayerWeights {
                 attn_norm: norm_weight(h, seed, id),
-                wq: lin(qd, h, id + 1),
-                wk: lin(kv, h, id + 2),
-                wv: lin(kv, h, id + 3),
-                wo: lin(h, qd, id + 4),
+                wq: lin(qd, h, id + 1).into(),
+                wk: lin(kv, h, id + 2).into(),
+                wv: lin(kv, h, id + 3).into(),
+                wo: lin(h, qd, id + 4).into(),
                 bq: bias(qd, 5),
                 bk: bias(kv, 6),
                 bv: bias(kv, 7),
                 mlp_norm: norm_weight(h, seed, id + 8),
-                w_gate: lin(f, h, id + 9),
-                w_up: lin(f, h, id + 10),
-                w_down: lin(h, f, id + 11),
+                w_gate: lin(f, h, id + 9).into(),
+                w_up: lin(f, h, id + 10).into(),
+                w_down: lin(h, f, id + 11).into(),
             }
         })
         .collect();
@@ -244,13 +244,20 @@ pub fn reference_forward(
         let mut k = Vec::new();
         let mut v = Vec::new();
         for (t, r) in xn.iter().enumerate() {
-            let mut qt = linear(r, &lw.wq, lw.bq.as_ref(), lora, l, Target::Q);
-            let mut kt = linear(r, &lw.wk, lw.bk.as_ref(), lora, l, Target::K);
+            let mut qt = linear(r, &lw.wq.dense(), lw.bq.as_ref(), lora, l, Target::Q);
+            let mut kt = linear(r, &lw.wk.dense(), lw.bk.as_ref(), lora, l, Target::K);
             rope(&mut qt, nh, hd, batch.positions[t], cfg.rope_theta);
             rope(&mut kt, nkv, hd, batch.positions[t], cfg.rope_theta);
             q.push(qt);
             k.push(kt);
-            v.push(linear(r, &lw.wv, lw.bv.as_ref(), lora, l, Target::V));
+            v.push(linear(
+                r,
+                &lw.wv.dense(),
+                lw.bv.as_ref(),
+                lora,
+                l,
+                Target::V,
+            ));
         }
         for t in 0..n {
             let (row, i) = (t / batch.seq, t % batch.seq);
@@ -278,17 +285,17 @@ pub fn reference_forward(
                     }
                 }
             }
-            let o = linear(&att, &lw.wo, None, lora, l, Target::O);
+            let o = linear(&att, &lw.wo.dense(), None, lora, l, Target::O);
             x[t].iter_mut().zip(o).for_each(|(a, b)| *a += b);
             let xn2 = rmsnorm(&x[t], &lw.mlp_norm, eps);
-            let gate = linear(&xn2, &lw.w_gate, None, lora, l, Target::Gate);
-            let up = linear(&xn2, &lw.w_up, None, lora, l, Target::Up);
+            let gate = linear(&xn2, &lw.w_gate.dense(), None, lora, l, Target::Gate);
+            let up = linear(&xn2, &lw.w_up.dense(), None, lora, l, Target::Up);
             let act: Vec<f64> = gate
                 .iter()
                 .zip(&up)
                 .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
                 .collect();
-            let d = linear(&act, &lw.w_down, None, lora, l, Target::Down);
+            let d = linear(&act, &lw.w_down.dense(), None, lora, l, Target::Down);
             x[t].iter_mut().zip(d).for_each(|(a, b)| *a += b);
         }
     }

@@ -74,17 +74,17 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
             let bias = cfg.attention_bias;
             LayerWeights {
                 attn_norm: r.tensor(&[h]),
-                wq: r.tensor(&[q, h]),
-                wk: r.tensor(&[kv, h]),
-                wv: r.tensor(&[kv, h]),
-                wo: r.tensor(&[h, q]),
+                wq: r.tensor(&[q, h]).into(),
+                wk: r.tensor(&[kv, h]).into(),
+                wv: r.tensor(&[kv, h]).into(),
+                wo: r.tensor(&[h, q]).into(),
                 bq: bias.then(|| r.tensor(&[q])),
                 bk: bias.then(|| r.tensor(&[kv])),
                 bv: bias.then(|| r.tensor(&[kv])),
                 mlp_norm: r.tensor(&[h]),
-                w_gate: r.tensor(&[i, h]),
-                w_up: r.tensor(&[i, h]),
-                w_down: r.tensor(&[h, i]),
+                w_gate: r.tensor(&[i, h]).into(),
+                w_up: r.tensor(&[i, h]).into(),
+                w_down: r.tensor(&[h, i]).into(),
             }
         })
         .collect();

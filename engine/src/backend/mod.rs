@@ -24,6 +24,7 @@ pub mod rope_table; // RopeTable::new, rope_inv_freq (llama3 scaling)
 pub use device::Precision;
 
 use crate::error::Result;
+use crate::model::Frozen;
 
 /// Precomputed RoPE rotation for positions `0..max_pos`: `cos`/`sin` buffers of shape
 /// `[max_pos, head_dim/2]`, with llama3 frequency scaling already applied.
@@ -42,6 +43,10 @@ pub struct RopeTable<B: Backend + ?Sized> {
 pub trait Backend: Send + Sync {
     /// A buffer of values on this backend.
     type Buf: Send + Sync;
+    /// A frozen Linear weight `W [rows, cols]` (`[out, in]`) on this backend: the CPU keeps a
+    /// packed matrix packed and widens it per product (exactly), the kernel backend stores it
+    /// in its compute precision.
+    type Weight: Send + Sync;
 
     /// A short name for logs ("cpu", "cuda:0").
     fn name(&self) -> String;
@@ -105,6 +110,24 @@ pub trait Backend: Send + Sync {
         k: usize,
         trans_a: bool,
         trans_b: bool,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()>;
+    /// `w` on this backend (see [`Backend::Weight`]); errors unless `w` is 2-D.
+    fn upload_weight(&self, w: &Frozen) -> Result<Self::Weight>;
+    /// `(rows, cols)` of a weight.
+    fn weight_dims(&self, w: &Self::Weight) -> (usize, usize);
+    /// `c = beta·c + alpha·a·op(W)` for `W [rows, cols]`: with `trans_w`, `a [m, cols]` and
+    /// `c [m, rows]` (a Linear's forward `X·Wᵀ`); without, `a [m, rows]` and `c [m, cols]` (its
+    /// input gradient `dY·W`). The semantics of [`Backend::gemm`] on W's values.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_weight(
+        &self,
+        c: &mut Self::Buf,
+        a: &Self::Buf,
+        w: &Self::Weight,
+        m: usize,
+        trans_w: bool,
         alpha: f32,
         beta: f32,
     ) -> Result<()>;

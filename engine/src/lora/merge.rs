@@ -47,7 +47,7 @@ pub struct MergeSummary {
     pub tokenizer_files: Vec<String>,
 }
 
-/// The Linear weight `target` adapts in `layer`.
+/// The Linear weight `target` adapts in `layer`, dense (a packed one is widened to f32).
 fn target_weight(layer: &mut LayerWeights, target: Target) -> &mut Tensor {
     match target {
         Target::Q => &mut layer.wq,
@@ -58,6 +58,7 @@ fn target_weight(layer: &mut LayerWeights, target: Target) -> &mut Tensor {
         Target::Up => &mut layer.w_up,
         Target::Down => &mut layer.w_down,
     }
+    .dense_mut()
 }
 
 /// `w += s · b · a` for `w [out, in]`, `b [out, r]`, `a [r, in]`; each element's delta is

@@ -1,8 +1,10 @@
 //! A llama GGUF as the engine's model: `llama.*` metadata → [`ModelConfig`], the GGUF tensor
 //! names → [`ModelWeights`] in HF layout, with llama.cpp's Q/K row permutation undone.
 //!
-//! The file is parsed by gguf.rs and dequantised by gguf_quant.rs; every tensor is
-//! dequantised in parallel (rayon, one task per tensor, each splitting into block ranges).
+//! The file is parsed by gguf.rs and dequantised by gguf_quant.rs in parallel (rayon, one
+//! task per tensor, each splitting into block ranges), except the blocks' Linear weights,
+//! which stay packed as [`Frozen`] matrices when their type allows (F16, BF16, Q8_0, Q4_0,
+//! Q4_1): the CPU backend multiplies them that way, exactly (frozen.rs).
 //! The result is the same pair the safetensors loader gives, so the model never knows the
 //! source. Each tensor's shape is checked against the config, naming the file and tensor.
 
@@ -11,7 +13,8 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::gguf::{GgufFile, GgufMeta};
-use super::{Arch, LayerWeights, ModelConfig, ModelWeights};
+use super::gguf_quant::GgmlType;
+use super::{Arch, Frozen, LayerWeights, ModelConfig, ModelWeights};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -145,7 +148,7 @@ pub fn config_from_meta(meta: &GgufMeta) -> Result<ModelConfig> {
 }
 
 /// How one GGUF tensor becomes an HF tensor.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Fix {
     /// Take as is.
     AsIs,
@@ -208,50 +211,118 @@ fn plan(config: &ModelConfig) -> Vec<(String, Vec<usize>, Fix)> {
     p
 }
 
+/// A loaded tensor: dense, or a Linear weight kept as its file stored it.
+enum Loaded {
+    Dense(Tensor),
+    Linear(Frozen),
+}
+
+/// Whether GGUF tensor `name` is a block's Linear weight (kept packed when its type allows).
+fn is_linear(name: &str) -> bool {
+    const LINEAR: [&str; 7] = [
+        "attn_q.weight",
+        "attn_k.weight",
+        "attn_v.weight",
+        "attn_output.weight",
+        "ffn_gate.weight",
+        "ffn_up.weight",
+        "ffn_down.weight",
+    ];
+    name.starts_with("blk.") && LINEAR.iter().any(|s| name.ends_with(s))
+}
+
+/// Tensor `name` of `file` as planned: a Linear weight of a packable type (F16, BF16, Q8_0,
+/// Q4_0, Q4_1) stays packed, everything else is dequantised; the Q/K permutation is undone
+/// on either.
+fn load_one(file: &GgufFile, name: &str, shape: &[usize], fix: Fix) -> Result<Loaded> {
+    let path = &file.meta().path;
+    let info = file
+        .meta()
+        .tensor(name)
+        .ok_or_else(|| Error::tensor(path, name, "not found in the file"))?;
+    if info.shape() != shape {
+        return Err(Error::tensor(
+            path,
+            name,
+            format!(
+                "shape {:?} does not match the config's {:?}",
+                info.shape(),
+                shape
+            ),
+        ));
+    }
+    let order = match fix {
+        Fix::AsIs => None,
+        Fix::Unpermute(n_head) => {
+            Some(unpermute_order(shape[0], n_head).map_err(|msg| Error::tensor(path, name, msg))?)
+        }
+    };
+    let packable = matches!(
+        info.ty,
+        GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1
+    );
+    if is_linear(name) && packable && shape.len() == 2 {
+        let (_, bytes) = file.tensor_bytes(name)?;
+        let f = Frozen::packed(name, info.ty, shape[0], shape[1], bytes.to_vec())?;
+        return Ok(Loaded::Linear(match order {
+            Some(o) => f.permute_rows(&o),
+            None => f,
+        }));
+    }
+    let t = file.tensor(name)?;
+    let t = match order {
+        Some(o) => permute(&t, &o),
+        None => t,
+    };
+    Ok(if is_linear(name) {
+        Loaded::Linear(t.into())
+    } else {
+        Loaded::Dense(t)
+    })
+}
+
 fn load_weights(file: &GgufFile, config: &ModelConfig) -> Result<ModelWeights> {
     let path = &file.meta().path;
     let plan = plan(config);
-    let loaded: Vec<Tensor> = plan
+    let loaded: Vec<Loaded> = plan
         .par_iter()
-        .map(|(name, shape, fix)| {
-            let t = file.tensor(name)?;
-            if &t.shape != shape {
-                return Err(Error::tensor(
-                    path,
-                    name,
-                    format!(
-                        "shape {:?} does not match the config's {:?}",
-                        t.shape, shape
-                    ),
-                ));
-            }
-            match *fix {
-                Fix::AsIs => Ok(t),
-                Fix::Unpermute(n_head) => {
-                    unpermute_rows(&t, n_head).map_err(|msg| Error::tensor(path, name, msg))
-                }
-            }
-        })
+        .map(|(name, shape, fix)| load_one(file, name, shape, *fix))
         .collect::<Result<_>>()?;
     // Hand the tensors out in plan order without copying them.
     let mut it = loaded.into_iter();
-    let mut next = || {
-        it.next()
-            .ok_or_else(|| Error::format(path, "internal: plan exhausted"))
+    let internal = || Error::format(path, "internal: tensors out of plan order");
+    let dense = |it: &mut std::vec::IntoIter<Loaded>| match it.next() {
+        Some(Loaded::Dense(t)) => Ok(t),
+        _ => Err(internal()),
     };
-    let embed = next()?;
-    let final_norm = next()?;
+    let linear = |it: &mut std::vec::IntoIter<Loaded>| match it.next() {
+        Some(Loaded::Linear(f)) => Ok(f),
+        _ => Err(internal()),
+    };
+    let embed = dense(&mut it)?;
+    let final_norm = dense(&mut it)?;
     let lm_head = if config.tie_word_embeddings {
         None
     } else {
-        Some(next()?)
+        Some(dense(&mut it)?)
     };
     let mut layers = Vec::with_capacity(config.num_layers);
     for _ in 0..config.num_layers {
-        let (attn_norm, wq, wk, wv, wo) = (next()?, next()?, next()?, next()?, next()?);
-        let (mlp_norm, w_gate, w_up, w_down) = (next()?, next()?, next()?, next()?);
+        let attn_norm = dense(&mut it)?;
+        let (wq, wk, wv, wo) = (
+            linear(&mut it)?,
+            linear(&mut it)?,
+            linear(&mut it)?,
+            linear(&mut it)?,
+        );
+        let mlp_norm = dense(&mut it)?;
+        let (w_gate, w_up, w_down) = (linear(&mut it)?, linear(&mut it)?, linear(&mut it)?);
         let (bq, bk, bv) = if config.attention_bias {
-            (Some(next()?), Some(next()?), Some(next()?))
+            (
+                Some(dense(&mut it)?),
+                Some(dense(&mut it)?),
+                Some(dense(&mut it)?),
+            )
         } else {
             (None, None, None)
         };
@@ -278,16 +349,10 @@ fn load_weights(file: &GgufFile, config: &ModelConfig) -> Result<ModelWeights> {
     })
 }
 
-/// Undo llama.cpp's Q/K row permutation of a `[n_head·head_dim, in]` weight (or a
-/// `[n_head·head_dim]` bias): view the rows as `[n_head, head_dim/2, 2]`, swap the last two
-/// axes, so that GGUF row `h·hd + 2j + i` becomes HF row `h·hd + i·hd/2 + j`.
-pub fn unpermute_rows(t: &Tensor, n_head: usize) -> std::result::Result<Tensor, String> {
-    let rows = t.shape.first().copied().unwrap_or(0);
-    let cols = if t.shape.len() > 1 {
-        t.len() / rows.max(1)
-    } else {
-        1
-    };
+/// The row order that undoes llama.cpp's Q/K row permutation of a `[n_head·head_dim, …]`
+/// tensor: view the rows as `[n_head, head_dim/2, 2]` and swap the last two axes, so that HF
+/// row `h·hd + i·hd/2 + j` is GGUF row `h·hd + 2j + i`. Entry `r` is the GGUF row of HF row `r`.
+pub fn unpermute_order(rows: usize, n_head: usize) -> std::result::Result<Vec<usize>, String> {
     if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
         return Err(format!(
             "{rows} rows do not split into {n_head} heads of even width"
@@ -295,18 +360,33 @@ pub fn unpermute_rows(t: &Tensor, n_head: usize) -> std::result::Result<Tensor, 
     }
     let hd = rows / n_head;
     let half = hd / 2;
-    let mut out = vec![0f32; t.len()];
+    let mut order = vec![0; rows];
     for h in 0..n_head {
         for i in 0..2 {
             for j in 0..half {
-                let dst = (h * hd + i * half + j) * cols;
-                let src = (h * hd + 2 * j + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&t.data[src..src + cols]);
+                order[h * hd + i * half + j] = h * hd + 2 * j + i;
             }
         }
     }
-    Ok(Tensor {
+    Ok(order)
+}
+
+/// `t` (a `[rows, …]` tensor, or a `[rows]` bias) with row `r` taken from row `order[r]`.
+fn permute(t: &Tensor, order: &[usize]) -> Tensor {
+    let cols = t.len() / order.len().max(1);
+    let mut out = Vec::with_capacity(t.len());
+    for &r in order {
+        out.extend_from_slice(&t.data[r * cols..(r + 1) * cols]);
+    }
+    Tensor {
         shape: t.shape.clone(),
         data: out,
-    })
+    }
+}
+
+/// Undo llama.cpp's Q/K row permutation of a `[n_head·head_dim, in]` weight (or a
+/// `[n_head·head_dim]` bias): see [`unpermute_order`].
+pub fn unpermute_rows(t: &Tensor, n_head: usize) -> std::result::Result<Tensor, String> {
+    let rows = t.shape.first().copied().unwrap_or(0);
+    Ok(permute(t, &unpermute_order(rows, n_head)?))
 }

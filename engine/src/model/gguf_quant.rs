@@ -237,7 +237,7 @@ pub fn dequantize(
 }
 
 /// Decode whole blocks of `src` into `dst` (sizes already checked to agree).
-fn decode_blocks(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+pub(crate) fn decode_blocks(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     match ty {
         GgmlType::F32 => {
             for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {

@@ -436,14 +436,14 @@ fn tiny_llama_loads_in_hf_layout() {
         for (l, lw) in weights.layers.iter().enumerate() {
             let g = |s: &str| get(&format!("blk.{l}.{s}.weight"));
             assert_eq!(&lw.attn_norm, g("attn_norm"));
-            assert_eq!(&lw.wq, g("attn_q"), "layer {l} q unpermuted");
-            assert_eq!(&lw.wk, g("attn_k"), "layer {l} k unpermuted");
-            assert_eq!(&lw.wv, g("attn_v"));
-            assert_eq!(&lw.wo, g("attn_output"));
+            assert_eq!(&lw.wq.to_tensor(), g("attn_q"), "layer {l} q unpermuted");
+            assert_eq!(&lw.wk.to_tensor(), g("attn_k"), "layer {l} k unpermuted");
+            assert_eq!(&lw.wv.to_tensor(), g("attn_v"));
+            assert_eq!(&lw.wo.to_tensor(), g("attn_output"));
             assert_eq!(&lw.mlp_norm, g("ffn_norm"));
-            assert_eq!(&lw.w_gate, g("ffn_gate"));
-            assert_eq!(&lw.w_up, g("ffn_up"));
-            assert_eq!(&lw.w_down, g("ffn_down"));
+            assert_eq!(&lw.w_gate.to_tensor(), g("ffn_gate"));
+            assert_eq!(&lw.w_up.to_tensor(), g("ffn_up"));
+            assert_eq!(&lw.w_down.to_tensor(), g("ffn_down"));
             assert!(lw.bq.is_none() && lw.bk.is_none() && lw.bv.is_none());
         }
     }

@@ -8,6 +8,7 @@
 //! the config and the weights disagree. A present `lm_head.weight` is ignored when the
 //! embeddings are tied, as transformers does.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -80,17 +81,17 @@ pub fn load_weights(store: &TensorStore, cfg: &ModelConfig) -> Result<ModelWeigh
         };
         layers.push(LayerWeights {
             attn_norm: t("input_layernorm.weight", &[h])?,
-            wq: t("self_attn.q_proj.weight", &[q, h])?,
-            wk: t("self_attn.k_proj.weight", &[kv, h])?,
-            wv: t("self_attn.v_proj.weight", &[kv, h])?,
-            wo: t("self_attn.o_proj.weight", &[h, q])?,
+            wq: t("self_attn.q_proj.weight", &[q, h])?.into(),
+            wk: t("self_attn.k_proj.weight", &[kv, h])?.into(),
+            wv: t("self_attn.v_proj.weight", &[kv, h])?.into(),
+            wo: t("self_attn.o_proj.weight", &[h, q])?.into(),
             bq: bias("self_attn.q_proj.bias", q)?,
             bk: bias("self_attn.k_proj.bias", kv)?,
             bv: bias("self_attn.v_proj.bias", kv)?,
             mlp_norm: t("post_attention_layernorm.weight", &[h])?,
-            w_gate: t("mlp.gate_proj.weight", &[inter, h])?,
-            w_up: t("mlp.up_proj.weight", &[inter, h])?,
-            w_down: t("mlp.down_proj.weight", &[h, inter])?,
+            w_gate: t("mlp.gate_proj.weight", &[inter, h])?.into(),
+            w_up: t("mlp.up_proj.weight", &[inter, h])?.into(),
+            w_down: t("mlp.down_proj.weight", &[h, inter])?.into(),
         });
     }
     let final_norm = take(store, "model.norm.weight", &[h])?;
@@ -107,33 +108,43 @@ pub fn load_weights(store: &TensorStore, cfg: &ModelConfig) -> Result<ModelWeigh
     })
 }
 
-/// Every tensor of `w` under its HF name, in model order.
-pub fn hf_named_tensors(w: &ModelWeights) -> Vec<(String, &Tensor)> {
-    let mut out = vec![("model.embed_tokens.weight".to_string(), &w.embed)];
+/// Every tensor of `w` under its HF name, in model order (packed Linear weights widened to
+/// f32, dense ones borrowed).
+pub fn hf_named_tensors(w: &ModelWeights) -> Vec<(String, Cow<'_, Tensor>)> {
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        Cow::Borrowed(&w.embed),
+    )];
     for (i, l) in w.layers.iter().enumerate() {
         let n = |sub: &str| layer_tensor_name(i, sub);
-        out.push((n("input_layernorm.weight"), &l.attn_norm));
-        out.push((n("self_attn.q_proj.weight"), &l.wq));
-        out.push((n("self_attn.k_proj.weight"), &l.wk));
-        out.push((n("self_attn.v_proj.weight"), &l.wv));
-        out.push((n("self_attn.o_proj.weight"), &l.wo));
+        out.push((n("input_layernorm.weight"), Cow::Borrowed(&l.attn_norm)));
+        out.push((n("self_attn.q_proj.weight"), l.wq.dense()));
+        out.push((n("self_attn.k_proj.weight"), l.wk.dense()));
+        out.push((n("self_attn.v_proj.weight"), l.wv.dense()));
+        out.push((n("self_attn.o_proj.weight"), l.wo.dense()));
         for (sub, b) in [
             ("self_attn.q_proj.bias", &l.bq),
             ("self_attn.k_proj.bias", &l.bk),
             ("self_attn.v_proj.bias", &l.bv),
         ] {
             if let Some(b) = b {
-                out.push((n(sub), b));
+                out.push((n(sub), Cow::Borrowed(b)));
             }
         }
-        out.push((n("post_attention_layernorm.weight"), &l.mlp_norm));
-        out.push((n("mlp.gate_proj.weight"), &l.w_gate));
-        out.push((n("mlp.up_proj.weight"), &l.w_up));
-        out.push((n("mlp.down_proj.weight"), &l.w_down));
+        out.push((
+            n("post_attention_layernorm.weight"),
+            Cow::Borrowed(&l.mlp_norm),
+        ));
+        out.push((n("mlp.gate_proj.weight"), l.w_gate.dense()));
+        out.push((n("mlp.up_proj.weight"), l.w_up.dense()));
+        out.push((n("mlp.down_proj.weight"), l.w_down.dense()));
     }
-    out.push(("model.norm.weight".to_string(), &w.final_norm));
+    out.push((
+        "model.norm.weight".to_string(),
+        Cow::Borrowed(&w.final_norm),
+    ));
     if let Some(head) = &w.lm_head {
-        out.push(("lm_head.weight".to_string(), head));
+        out.push(("lm_head.weight".to_string(), Cow::Borrowed(head)));
     }
     out
 }
@@ -175,7 +186,7 @@ pub fn save_hf_model(dir: &Path, cfg: &ModelConfig, w: &ModelWeights) -> Result<
         }
     }
     let named = hf_named_tensors(w);
-    let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), &**t)).collect();
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     write_safetensors(&st_path, &refs, Some(&meta))?;
     let config_path = dir.join("config.json");

@@ -22,7 +22,7 @@ use super::decode::{DecodeState, KvStep};
 use super::llama_backward::layer_backward;
 use super::llama_forward::{Ctx, DeviceLayer};
 use super::plan::{Dims, Plan, PlanKey};
-use super::{Batch, LayerWeights, ModelConfig, ModelWeights};
+use super::{Batch, Frozen, LayerWeights, ModelConfig, ModelWeights};
 use crate::backend::{Backend, RopeTable};
 use crate::error::{Error, Result};
 use crate::lora::{LoraGrads, LoraState};
@@ -94,11 +94,11 @@ fn release_freed_heap() {
     }
 }
 
-fn check(name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
-    if t.shape != shape {
+fn check(name: &str, got: &[usize], shape: &[usize]) -> Result<()> {
+    if got != shape {
         return Err(Error::shape(
             "llama weights",
-            format!("{name}: expected {shape:?}, got {:?}", t.shape),
+            format!("{name}: expected {shape:?}, got {got:?}"),
         ));
     }
     Ok(())
@@ -119,10 +119,10 @@ fn check_top(cfg: &ModelConfig, w: &ModelWeights) -> Result<()> {
             ),
         ));
     }
-    check("embed_tokens", &w.embed, &[v, h])?;
-    check("norm", &w.final_norm, &[h])?;
+    check("embed_tokens", &w.embed.shape, &[v, h])?;
+    check("norm", &w.final_norm.shape, &[h])?;
     match &w.lm_head {
-        Some(lm) => check("lm_head", lm, &[v, h]),
+        Some(lm) => check("lm_head", &lm.shape, &[v, h]),
         None if !cfg.tie_word_embeddings => Err(Error::shape(
             "llama weights",
             "lm_head: missing, and tie_word_embeddings is false",
@@ -160,20 +160,20 @@ fn upload_layer<B: Backend>(
         w_down,
     } = l;
     let p = |s: &str| format!("layers.{i}.{s}");
-    check(&p("input_layernorm"), attn_norm, &[h])?;
-    check(&p("self_attn.q_proj"), wq, &[qd, h])?;
-    check(&p("self_attn.k_proj"), wk, &[kv, h])?;
-    check(&p("self_attn.v_proj"), wv, &[kv, h])?;
-    check(&p("self_attn.o_proj"), wo, &[h, qd])?;
-    check(&p("post_attention_layernorm"), mlp_norm, &[h])?;
-    check(&p("mlp.gate_proj"), w_gate, &[f, h])?;
-    check(&p("mlp.up_proj"), w_up, &[f, h])?;
-    check(&p("mlp.down_proj"), w_down, &[h, f])?;
+    check(&p("input_layernorm"), &attn_norm.shape, &[h])?;
+    check(&p("self_attn.q_proj"), wq.shape(), &[qd, h])?;
+    check(&p("self_attn.k_proj"), wk.shape(), &[kv, h])?;
+    check(&p("self_attn.v_proj"), wv.shape(), &[kv, h])?;
+    check(&p("self_attn.o_proj"), wo.shape(), &[h, qd])?;
+    check(&p("post_attention_layernorm"), &mlp_norm.shape, &[h])?;
+    check(&p("mlp.gate_proj"), w_gate.shape(), &[f, h])?;
+    check(&p("mlp.up_proj"), w_up.shape(), &[f, h])?;
+    check(&p("mlp.down_proj"), w_down.shape(), &[h, f])?;
     let bias = match (bq, bk, bv) {
         (Some(bq), Some(bk), Some(bv)) => {
-            check(&p("self_attn.q_proj.bias"), bq, &[qd])?;
-            check(&p("self_attn.k_proj.bias"), bk, &[kv])?;
-            check(&p("self_attn.v_proj.bias"), bv, &[kv])?;
+            check(&p("self_attn.q_proj.bias"), &bq.shape, &[qd])?;
+            check(&p("self_attn.k_proj.bias"), &bk.shape, &[kv])?;
+            check(&p("self_attn.v_proj.bias"), &bv.shape, &[kv])?;
             Some([up(bq)?, up(bk)?, up(bv)?])
         }
         (None, None, None) if !cfg.attention_bias => None,
@@ -187,17 +187,18 @@ fn upload_layer<B: Backend>(
             ))
         }
     };
+    let lin = |w: &Frozen| be.upload_weight(w);
     Ok(DeviceLayer {
         attn_norm: up(attn_norm)?,
-        wq: up(wq)?,
-        wk: up(wk)?,
-        wv: up(wv)?,
-        wo: up(wo)?,
+        wq: lin(wq)?,
+        wk: lin(wk)?,
+        wv: lin(wv)?,
+        wo: lin(wo)?,
         bias,
         mlp_norm: up(mlp_norm)?,
-        w_gate: up(w_gate)?,
-        w_up: up(w_up)?,
-        w_down: up(w_down)?,
+        w_gate: lin(w_gate)?,
+        w_up: lin(w_up)?,
+        w_down: lin(w_down)?,
     })
 }
 

@@ -42,14 +42,14 @@ impl<B: Backend> Ctx<'_, B> {
         drop: Option<&mut DropScratch<B>>,
         dy: &B::Buf,
         x: &B::Buf,
-        w: &B::Buf,
+        w: &B::Weight,
         u: Option<&B::Buf>,
         layer: usize,
         t: Target,
     ) -> Result<()> {
         let (be, d) = (self.be, &self.d);
         let (n, out, inp) = (d.n, d.out_dim(t), d.in_dim(t));
-        be.gemm(dx, dy, w, n, inp, out, false, false, 1.0, dx_beta)?;
+        be.gemm_weight(dx, dy, w, n, false, 1.0, dx_beta)?;
         let Some(state) = self.lora else {
             return Ok(());
         };

@@ -17,23 +17,23 @@ pub(crate) struct DeviceLayer<B: Backend> {
     /// `[h]`.
     pub attn_norm: B::Buf,
     /// `[qd, h]`.
-    pub wq: B::Buf,
+    pub wq: B::Weight,
     /// `[kv, h]`.
-    pub wk: B::Buf,
+    pub wk: B::Weight,
     /// `[kv, h]`.
-    pub wv: B::Buf,
+    pub wv: B::Weight,
     /// `[h, qd]`.
-    pub wo: B::Buf,
+    pub wo: B::Weight,
     /// `[qd]`, `[kv]`, `[kv]` (Qwen2).
     pub bias: Option<[B::Buf; 3]>,
     /// `[h]`.
     pub mlp_norm: B::Buf,
     /// `[f, h]`.
-    pub w_gate: B::Buf,
+    pub w_gate: B::Weight,
     /// `[f, h]`.
-    pub w_up: B::Buf,
+    pub w_up: B::Weight,
     /// `[h, f]`.
-    pub w_down: B::Buf,
+    pub w_down: B::Weight,
 }
 
 /// Everything a block's forward and backward read besides its buffers.
@@ -76,7 +76,7 @@ impl<B: Backend> Ctx<'_, B> {
         y: Option<&mut B::Buf>,
         u: Option<&mut B::Buf>,
         x: &B::Buf,
-        w: &B::Buf,
+        w: &B::Weight,
         bias: Option<&B::Buf>,
         layer: usize,
         t: Target,
@@ -86,7 +86,7 @@ impl<B: Backend> Ctx<'_, B> {
         let (out, inp) = (d.out_dim(t), d.in_dim(t));
         let mut y = y;
         if let Some(y) = y.as_deref_mut() {
-            be.gemm(y, x, w, d.n, out, inp, false, true, 1.0, 0.0)?;
+            be.gemm_weight(y, x, w, d.n, true, 1.0, 0.0)?;
             if let Some(b) = bias {
                 be.add_bias(y, b, d.n, out)?;
             }

@@ -8,6 +8,7 @@
 pub mod batch; // Batch, Sample: a step's tokens, labels, positions, sample starts
 pub mod config; // ModelConfig, Arch, RopeScaling
 mod decode; // KvCache, Llama::prefill/decode_step (KV-cached decoding), logits_last/_from
+pub mod frozen; // Frozen: a frozen weight matrix, dense f32 or packed as its file stored it
 pub mod generate; // Sampling, pick, uniform, Completion, Llama::generate(_many), greedy
 pub mod gguf; // GgufFile, GgufMeta, GgufValue, GgufTensorInfo: GGUF v2/v3 parsing
 pub mod gguf_load; // load_gguf: llama GGUF -> ModelConfig + ModelWeights (Q/K unpermuted)
@@ -27,25 +28,27 @@ pub mod st; // SafetensorsFile, TensorStore (mmap, shards), write_safetensors
 
 pub use batch::{Batch, Sample};
 pub use config::{Arch, ModelConfig, RopeScaling};
+pub use frozen::Frozen;
 pub use generate::{Completion, Sampling};
 pub use gguf_load::load_gguf;
 pub use llama::{Llama, StepOptions, StepStats};
 
 use crate::tensor::Tensor;
 
-/// The frozen weights of one decoder block, HF layout.
+/// The frozen weights of one decoder block, HF layout. The seven Linear weights are
+/// [`Frozen`] (packed as the file stored them, or dense); norms and biases are dense.
 #[derive(Clone, Debug)]
 pub struct LayerWeights {
     /// `[hidden]` input RMSNorm weight.
     pub attn_norm: Tensor,
     /// `[num_heads*head_dim, hidden]`.
-    pub wq: Tensor,
+    pub wq: Frozen,
     /// `[num_kv_heads*head_dim, hidden]`.
-    pub wk: Tensor,
+    pub wk: Frozen,
     /// `[num_kv_heads*head_dim, hidden]`.
-    pub wv: Tensor,
+    pub wv: Frozen,
     /// `[hidden, num_heads*head_dim]`.
-    pub wo: Tensor,
+    pub wo: Frozen,
     /// `[num_heads*head_dim]` (Qwen2 only).
     pub bq: Option<Tensor>,
     /// `[num_kv_heads*head_dim]` (Qwen2 only).
@@ -55,11 +58,11 @@ pub struct LayerWeights {
     /// `[hidden]` post-attention RMSNorm weight.
     pub mlp_norm: Tensor,
     /// `[intermediate, hidden]`.
-    pub w_gate: Tensor,
+    pub w_gate: Frozen,
     /// `[intermediate, hidden]`.
-    pub w_up: Tensor,
+    pub w_up: Frozen,
     /// `[hidden, intermediate]`.
-    pub w_down: Tensor,
+    pub w_down: Frozen,
 }
 
 /// All frozen weights of a Llama-family model, HF layout.
@@ -76,12 +79,22 @@ pub struct ModelWeights {
 }
 
 impl LayerWeights {
-    /// Every tensor of the block (biases included when present), in block order.
-    pub fn tensors(&self) -> impl Iterator<Item = &Tensor> {
-        [&self.attn_norm, &self.wq, &self.wk, &self.wv, &self.wo]
+    /// Number of values of every tensor of the block (biases included when present).
+    pub fn num_params(&self) -> usize {
+        let dense = [&self.attn_norm, &self.mlp_norm]
             .into_iter()
             .chain([&self.bq, &self.bk, &self.bv].into_iter().flatten())
-            .chain([&self.mlp_norm, &self.w_gate, &self.w_up, &self.w_down])
+            .map(Tensor::len);
+        let linears = [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ];
+        dense.sum::<usize>() + linears.into_iter().map(Frozen::len).sum::<usize>()
     }
 }
 
@@ -94,8 +107,7 @@ impl ModelWeights {
             + self
                 .layers
                 .iter()
-                .flat_map(LayerWeights::tensors)
-                .map(Tensor::len)
+                .map(LayerWeights::num_params)
                 .sum::<usize>()
     }
 }

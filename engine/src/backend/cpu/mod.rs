@@ -22,6 +22,7 @@ pub mod simd; // exp_f32 and vectorised row max/exp/sum kernels with AVX2 dispat
 mod swiglu; // swiglu_forward, swiglu_backward
 #[cfg(test)]
 pub(crate) mod testutil; // splitmix data, finite differences, thread-count checks
+mod weight; // CpuWeight: frozen Linear weights, packed ones widened per product
 mod xent; // cross_entropy (chunked lm_head + log-softmax)
 
 use std::fmt::Debug;
@@ -34,6 +35,7 @@ use crate::error::{Error, Result};
 
 pub use elementwise::dropout_keep;
 pub(crate) use elementwise::dropout_threshold;
+pub use weight::CpuWeight;
 
 mod sealed {
     /// Only `f32` and `f64` are CPU element types.
@@ -202,6 +204,28 @@ pub(crate) fn checked_size(op: &'static str, dims: &[usize]) -> Result<usize> {
 
 impl<T: Real> Backend for CpuBackend<T> {
     type Buf = Vec<T>;
+    type Weight = CpuWeight<T>;
+
+    fn upload_weight(&self, w: &crate::model::Frozen) -> Result<CpuWeight<T>> {
+        CpuWeight::new(w)
+    }
+
+    fn weight_dims(&self, w: &CpuWeight<T>) -> (usize, usize) {
+        w.dims()
+    }
+
+    fn gemm_weight(
+        &self,
+        c: &mut Vec<T>,
+        a: &Vec<T>,
+        w: &CpuWeight<T>,
+        m: usize,
+        trans_w: bool,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        w.gemm(c, a, m, trans_w, T::from_f32(alpha), T::from_f32(beta))
+    }
 
     fn name(&self) -> String {
         if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>() {

@@ -97,6 +97,16 @@ pub enum KArg<'a, B> {
     Usize(usize),
 }
 
+/// A frozen Linear weight `[rows, cols]` in the backend's compute precision.
+pub struct KernelWeight<B> {
+    /// `[rows, cols]` row-major.
+    pub buf: B,
+    /// Rows (output features).
+    pub rows: usize,
+    /// Columns (input features).
+    pub cols: usize,
+}
+
 /// Launch geometry: grid and block dims and dynamic shared memory bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Launch {

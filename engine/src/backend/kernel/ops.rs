@@ -6,11 +6,15 @@
 //! in kernels/{elementwise,rmsnorm,swiglu,embedding,norm,adamw}.cu.
 
 use super::BLOCK_THREADS;
-use super::{meta_buf, scratch, Elem, GemmShape, KArg, KernelBackend, KernelDevice, Launch, Meta};
+use super::{
+    meta_buf, scratch, Elem, GemmShape, KArg, KernelBackend, KernelDevice, KernelWeight, Launch,
+    Meta,
+};
 use crate::backend::cpu::adamw::Hyper;
 use crate::backend::cpu::{check_len, checked_size, dropout_threshold};
 use crate::backend::{Backend, Precision, RopeTable};
 use crate::error::{Error, Result};
+use crate::model::Frozen;
 use crate::tensor::DType;
 
 /// Partial sums of `sumsq_partials_f32`: ceil(len / NORM_CHUNK), at most NORM_MAX_PARTS
@@ -52,6 +56,40 @@ impl<D: KernelDevice> KernelBackend<D> {
 
 impl<D: KernelDevice> Backend for KernelBackend<D> {
     type Buf = D::Buf;
+    type Weight = KernelWeight<D::Buf>;
+
+    fn upload_weight(&self, w: &Frozen) -> Result<KernelWeight<D::Buf>> {
+        let [rows, cols] = *w.shape() else {
+            return Err(Error::shape(
+                "upload_weight",
+                format!("a Linear weight is 2-D, got shape {:?}", w.shape()),
+            ));
+        };
+        let buf = self.upload_compute(&w.dense().data)?;
+        Ok(KernelWeight { buf, rows, cols })
+    }
+
+    fn weight_dims(&self, w: &KernelWeight<D::Buf>) -> (usize, usize) {
+        (w.rows, w.cols)
+    }
+
+    fn gemm_weight(
+        &self,
+        c: &mut D::Buf,
+        a: &D::Buf,
+        w: &KernelWeight<D::Buf>,
+        m: usize,
+        trans_w: bool,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        let (n, k) = if trans_w {
+            (w.rows, w.cols)
+        } else {
+            (w.cols, w.rows)
+        };
+        self.gemm(c, a, &w.buf, m, n, k, false, trans_w, alpha, beta)
+    }
 
     fn name(&self) -> String {
         self.dev.name()
