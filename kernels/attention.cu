@@ -4,7 +4,9 @@
 // and a simple one for any head_dim up to 256 (one warp per query token and head). (A tiled
 // hd 32 instance spills a few registers under ptxas 13.0, so hd 32 takes the simple kernel.)
 // f32 buffers run these kernels; bf16 ones with hd 64 or 128 take the tensor-core forward of
-// attention_mma.cu (same contract). Neighbours: attention_tiles.cuh (tiles), attention_mma.cu,
+// attention_mma.cu (same contract). Beside them, attention_decode (KV-cached generation: one
+// query per sequence against its cache) shares the simple kernel's one-warp-per-query code,
+// attention_warp_query. Neighbours: attention_tiles.cuh (tiles), attention_mma.cu,
 // common.cuh (warp reductions), rope.cu.
 #include "attention_tiles.cuh"
 
@@ -13,33 +15,22 @@
 // Warps (query-token × head pairs) per block.
 #define ATTN_WARPS 4
 
-// For token t of `n = batch·seq` (row r = t / seq), query head h, kv head g = h / (heads /
-// kv_heads), keys j in [r·seq + starts[t], t] (causal, within t's packed sample):
-//   s_j = (q[t, h, :] · k[j, g, :]) · scale,  lse[t, h] = log Σ_j exp(s_j)
-//   out[t, h, :] = Σ_j exp(s_j − lse) · v[j, g, :]
-// Layouts: q, out [n, heads·hd]; k, v [n, kv_heads·hd] in T (bf16 or f32); starts [n] int32
-// (in-row index of the first token of t's sample); lse [n, heads] f32. hd <= ATTN_MAX_HD.
-// An empty key range (bad starts) writes NaN; the host validates starts.
-// Launch: grid (ceil(n·heads / ATTN_WARPS)), block (32·ATTN_WARPS), dynamic shared memory
-// ATTN_WARPS·hd·4 bytes (each warp's query in f32).
-// Per warp: keys in chunks of 32, lane l scoring key j0+l; running max m and sum l updated
-// once per chunk (online softmax); each lane accumulates output dims lane, lane+32, …
+// One warp's attention of one query over the key/value rows j_lo ..= j_hi (shared by the
+// forward below and attention_decode):
+//   s_j = (q · k[j, :]) · scale,  lse = log Σ_j exp(s_j),  out = Σ_j exp(s_j − lse) · v[j, :]
+// q, out: the query's and output's hd values (T); k, v: row j at k + j·kvstride, already
+// offset to the kv head; qs: this warp's hd floats of shared memory; lse: one float, or null.
+// Keys in chunks of 32, lane l scoring key j0+l; running max m and sum l updated once per
+// chunk (online softmax); each lane accumulates output dims lane, lane+32, … (hd <=
+// ATTN_MAX_HD). An empty key range (j_lo > j_hi) writes NaN.
 // Accumulation: fp32. Deterministic: fixed chunking and in-chunk order (key j0, j0+1, …).
 template <class T>
-__device__ void attention_forward_impl(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q,
-                                       const T* __restrict__ k, const T* __restrict__ v,
-                                       const int* __restrict__ starts, int n, int seq, int heads, int kv_heads,
-                                       int hd, float scale) {
-  DYN_SMEM(float, qs_all);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int gw = blockIdx.x * ATTN_WARPS + warp;
-  if (gw >= n * heads) return;  // the whole warp leaves together
-  const int t = gw / heads, h = gw % heads;
-  const int g = h / (heads / kv_heads);
-  const size_t qstride = (size_t)heads * hd, kvstride = (size_t)kv_heads * hd;
-  const int j_lo = (t / seq) * seq + starts[t], j_hi = t;
-  float* qs = qs_all + warp * hd;
-  for (int d = lane; d < hd; d += 32) qs[d] = to_f32(q[t * qstride + (size_t)h * hd + d]);
+__device__ __forceinline__ void attention_warp_query(T* __restrict__ out, float* __restrict__ lse,
+                                                     const T* __restrict__ q, const T* __restrict__ k,
+                                                     const T* __restrict__ v, size_t kvstride, int j_lo,
+                                                     int j_hi, int hd, float scale, float* qs) {
+  const int lane = threadIdx.x % 32;
+  for (int d = lane; d < hd; d += 32) qs[d] = to_f32(q[d]);
   __syncwarp();
   float m = -INFINITY, l = 0.f;
   float acc[ATTN_MAX_HD / 32];
@@ -48,7 +39,7 @@ __device__ void attention_forward_impl(T* __restrict__ out, float* __restrict__ 
     const int j = j0 + lane;
     float s = -INFINITY;
     if (j <= j_hi) {
-      const T* kr = k + j * kvstride + (size_t)g * hd;
+      const T* kr = k + j * kvstride;
       float dot = 0.f;
       for (int d = 0; d < hd; ++d) dot += qs[d] * to_f32(kr[d]);
       s = dot * scale;
@@ -61,7 +52,7 @@ __device__ void attention_forward_impl(T* __restrict__ out, float* __restrict__ 
     const int cnt = j_hi - j0 + 1 < 32 ? j_hi - j0 + 1 : 32;
     for (int jj = 0; jj < cnt; ++jj) {
       const float pj = __shfl_sync(0xffffffffu, p, jj);
-      const T* vr = v + (j0 + jj) * kvstride + (size_t)g * hd;
+      const T* vr = v + (j0 + jj) * kvstride;
       for (int c = 0; c < ATTN_MAX_HD / 32; ++c) {
         const int d = lane + 32 * c;
         if (d < hd) acc[c] += pj * to_f32(vr[d]);
@@ -72,9 +63,66 @@ __device__ void attention_forward_impl(T* __restrict__ out, float* __restrict__ 
   const bool empty = j_lo > j_hi;
   for (int c = 0; c < ATTN_MAX_HD / 32; ++c) {
     const int d = lane + 32 * c;
-    if (d < hd) out[t * qstride + (size_t)h * hd + d] = from_f32<T>(empty ? NAN : acc[c] / l);
+    if (d < hd) out[d] = from_f32<T>(empty ? NAN : acc[c] / l);
   }
-  if (lane == 0) lse[(size_t)t * heads + h] = empty ? NAN : m + logf(l);
+  if (lse != nullptr && lane == 0) *lse = empty ? NAN : m + logf(l);
+}
+
+// For token t of `n = batch·seq` (row r = t / seq), query head h, kv head g = h / (heads /
+// kv_heads), keys j in [r·seq + starts[t], t] (causal, within t's packed sample):
+//   s_j = (q[t, h, :] · k[j, g, :]) · scale,  lse[t, h] = log Σ_j exp(s_j)
+//   out[t, h, :] = Σ_j exp(s_j − lse) · v[j, g, :]
+// Layouts: q, out [n, heads·hd]; k, v [n, kv_heads·hd] in T (bf16 or f32); starts [n] int32
+// (in-row index of the first token of t's sample); lse [n, heads] f32. hd <= ATTN_MAX_HD.
+// An empty key range (bad starts) writes NaN; the host validates starts.
+// Launch: grid (ceil(n·heads / ATTN_WARPS)), block (32·ATTN_WARPS), dynamic shared memory
+// ATTN_WARPS·hd·4 bytes (each warp's query in f32).
+// One warp per (token, head) runs attention_warp_query (its accumulation and order above).
+// Accumulation: fp32. Deterministic: fixed chunking and in-chunk order (key j0, j0+1, …).
+template <class T>
+__device__ void attention_forward_impl(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q,
+                                       const T* __restrict__ k, const T* __restrict__ v,
+                                       const int* __restrict__ starts, int n, int seq, int heads, int kv_heads,
+                                       int hd, float scale) {
+  DYN_SMEM(float, qs_all);
+  const int warp = threadIdx.x / 32;
+  const int gw = blockIdx.x * ATTN_WARPS + warp;
+  if (gw >= n * heads) return;  // the whole warp leaves together
+  const int t = gw / heads, h = gw % heads;
+  const int g = h / (heads / kv_heads);
+  const size_t qstride = (size_t)heads * hd, kvstride = (size_t)kv_heads * hd;
+  const size_t qo = t * qstride + (size_t)h * hd;
+  attention_warp_query<T>(out + qo, lse + (size_t)t * heads + h, q + qo, k + (size_t)g * hd, v + (size_t)g * hd,
+                          kvstride, (t / seq) * seq + starts[t], t, hd, scale, qs_all + warp * hd);
+}
+
+// Decoding: one query per sequence against its KV cache. For query i of b, query head h, kv
+// head g = h / (heads / kv_heads), cache rows j in [first[i], first[i] + last[i]] (positions
+// 0 ..= last[i] of i's sequence):
+//   s_j = (q[i, h, :] · k[j, g, :]) · scale,  out[i, h, :] = Σ_j softmax(s)_j · v[j, g, :]
+// Layouts: q, out [b, heads·hd]; k, v [m, kv_heads·hd] in T (the cache); first, last [b]
+// int32 (ranges checked on the host to lie inside the cache). hd <= ATTN_MAX_HD. No lse.
+// Launch: grid (ceil(b·heads / ATTN_WARPS)), block (32·ATTN_WARPS), dynamic shared memory
+// ATTN_WARPS·hd·4 bytes. One warp per (query, head) runs attention_warp_query. (The launch
+// bounds ask for one resident block: without a minimum, ptxas 13.0 holds this kernel to 48
+// registers and spills 4 bytes; with it, 64–70 registers and no spill. The warp/row/head
+// preamble repeats attention_forward_impl's on purpose: folding both into one helper made
+// ptxas spill 8 bytes in the forward on sm_90.)
+// Accumulation: fp32. Deterministic: fixed chunking and in-chunk order (key j0, j0+1, …).
+template <class T>
+__device__ void attention_decode_impl(T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k,
+                                      const T* __restrict__ v, const int* __restrict__ first,
+                                      const int* __restrict__ last, int b, int heads, int kv_heads, int hd,
+                                      float scale) {
+  DYN_SMEM(float, qs_all);
+  const int warp = threadIdx.x / 32;
+  const int gw = blockIdx.x * ATTN_WARPS + warp;
+  if (gw >= b * heads) return;  // the whole warp leaves together
+  const int i = gw / heads, h = gw % heads;
+  const int g = h / (heads / kv_heads);
+  const size_t qo = (size_t)gw * hd, kvstride = (size_t)kv_heads * hd;
+  attention_warp_query<T>(out + qo, nullptr, q + qo, k + (size_t)g * hd, v + (size_t)g * hd, kvstride, first[i],
+                          first[i] + last[i], hd, scale, qs_all + warp * hd);
 }
 
 // The same contract as attention_forward_impl, for hd = HD ∈ {64, 128}, per query tile
@@ -182,6 +230,11 @@ __device__ void attention_forward_tiled_impl(T* __restrict__ out, float* __restr
       attention_forward_##S(T* out, float* lse, const T* q, const T* k, const T* v, const int* starts, int n, \
                             int seq, int heads, int kv_heads, int hd, float scale) {                         \
     attention_forward_impl<T>(out, lse, q, k, v, starts, n, seq, heads, kv_heads, hd, scale);              \
+  }                                                                                                        \
+  extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS, 1)                                             \
+      attention_decode_##S(T* out, const T* q, const T* k, const T* v, const int* first, const int* last, int b, \
+                           int heads, int kv_heads, int hd, float scale) {                                   \
+    attention_decode_impl<T>(out, q, k, v, first, last, b, heads, kv_heads, hd, scale);                      \
   }
 ATTENTION_KERNELS(float, f32)
 ATTENTION_KERNELS(bf16, bf16)

@@ -1,6 +1,6 @@
 // kernels/elementwise.cu: the element-wise ops of the Backend trait that sit between the
-// GEMMs: fill, copy, axpy, scale, add_bias and inverted dropout with the CPU backend's
-// counter-based mask. Storage T is bf16 or f32, maths in fp32; arithmetic goes through the
+// GEMMs: fill, copy, axpy, scale, add_bias, inverted dropout with the CPU backend's
+// counter-based mask, and copy_rows (the KV cache's write). Storage T is bf16 or f32, maths in fp32; arithmetic goes through the
 // `__f*_rn` intrinsics so nvcc never contracts it into an FMA, which makes the f32 results
 // bit-identical to the CPU backend (engine/src/backend/cpu/elementwise.rs).
 // Neighbours: common.cuh (packs), swiglu.cu (the same launch shape), adamw.cu.
@@ -41,6 +41,27 @@ __device__ __forceinline__ bool dropout_keep(unsigned long long key, unsigned lo
   return (unsigned)(h >> 40) >= threshold;
 }
 
+// copy_rows: dst[rows[t]·width + c] = src[t·width + c] for t < len / width, c < width (the KV
+// cache's write of a step's keys or values; the host checks the rows are distinct and inside
+// dst, so no element is written twice). Layout: src [len / width, width], dst [m, width] in T,
+// rows [len / width] int32. Thread t handles src elements [t·N, t·N + N) (N = Pack<T>::N):
+// one 16-byte pack when width % N == 0 and both pointers are 16-byte aligned (the N values
+// then share a row), else N scalars.
+// Launch: grid (ceil(len / (BLOCK_THREADS·N))), block (BLOCK_THREADS). Deterministic: a copy.
+template <class T>
+__device__ __forceinline__ void copy_rows_impl(T* __restrict__ dst, const T* __restrict__ src,
+                                               const int* __restrict__ rows, size_t len, int width) {
+  constexpr int N = Pack<T>::N;
+  const size_t base = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * N;
+  if (base >= len) return;
+  const size_t w = (size_t)width;
+  if (w % N == 0 && aligned16(dst) && aligned16(src)) {
+    store_pack(dst + (size_t)rows[base / w] * w + base % w, load_pack(src + base));
+  } else {
+    for (size_t i = base; i < base + N && i < len; ++i) dst[(size_t)rows[i / w] * w + i % w] = src[i];
+  }
+}
+
 // fill:     x[i] = value
 // copy:     dst[i] = src[i]
 // axpy:     x[i] = x[i] + alpha·y[i]           (two roundings, as the CPU's `x += alpha * y`)
@@ -70,6 +91,10 @@ __device__ __forceinline__ bool dropout_keep(unsigned long long key, unsigned lo
     ew_map<T>(out, x, len, [&](size_t i, float v) {                                                    \
       return dropout_keep(key, (unsigned long long)i, threshold) ? __fmul_rn(v, scale) : 0.f;          \
     });                                                                                                \
+  }                                                                                                    \
+  extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)                                           \
+      copy_rows_##S(T* dst, const T* src, const int* rows, size_t len, int width) {                   \
+    copy_rows_impl<T>(dst, src, rows, len, width);                                                     \
   }
 ELEMENTWISE_KERNELS(float, f32)
 ELEMENTWISE_KERNELS(bf16, bf16)

@@ -1,8 +1,8 @@
 //! The CUDA backend (`CudaBackend` = `KernelBackend<CudaDevice>`) on GPU 0 against the CPU
 //! backend: the same op-by-op suite and tiny-Llama training check that tests/kernel_backend.rs
-//! runs on the kernel emulator (kernel_backend/{ops,model}.rs), plus two GPU runs bit-identical
-//! and a larger attention sweep. Without a GPU every test prints why it skips
-//! (GRADIENTS_REQUIRE_GPU=1 makes that a failure, for runs on a GPU machine); the fatbin check
+//! runs on the kernel emulator (kernel_backend/{ops,model}.rs, KV-cached decoding included),
+//! plus two GPU runs bit-identical and a larger attention sweep. Without a GPU every test
+//! prints why it skips (GRADIENTS_REQUIRE_GPU=1 makes that a failure, for runs on a GPU machine); the fatbin check
 //! (every kernel of the engine's kernel table compiled for sm_80 and sm_90 without spills)
 //! needs no GPU. Without the `cuda` feature this file is empty.
 //! Run: `cargo test --features cuda --test cuda_backend`.
@@ -72,6 +72,28 @@ fn attention_matches_cpu_for_every_head_dim() {
 }
 
 #[test]
+fn kv_cache_ops_match_cpu() {
+    let Some(be) = gpu() else { return };
+    for hd in [16, 32, 64, 128] {
+        ops::decode(be, hd);
+    }
+}
+
+#[test]
+fn cached_decoding_matches_cpu_and_repeats_bit_for_bit() {
+    let Some(be) = gpu() else { return };
+    let cpu = gradients_engine::backend::cpu::CpuBackend::<f32>::new();
+    for hd in [32, 64] {
+        let a = model::decode(be, hd);
+        model::assert_decodes_like(&a, &model::decode(&cpu, hd));
+        let b = model::decode(be, hd);
+        let bits = |d: &model::Decoded| d.logits.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
+        assert_eq!(a.completions, b.completions);
+    }
+}
+
+#[test]
 fn llama_steps_match_cpu_and_repeat_bit_for_bit() {
     let Some(be) = gpu() else { return };
     for hd in [32, 64, 128] {
@@ -96,5 +118,27 @@ fn llama_steps_in_bf16_track_cpu_and_repeat_bit_for_bit() {
         let (_, _, init, _) = model::setup(hd);
         model::assert_tracks_bf16(&a, &model::reference(hd), &init);
         model::assert_bit_identical(&a, &model::run(&be, hd));
+    }
+}
+
+/// KV-cached decoding in bf16 on the GPU: logits track the f32 CPU ones within bf16's
+/// rounding (as on the emulator), and two GPU runs are bit-identical.
+#[test]
+fn bf16_cached_decoding_tracks_cpu() {
+    let Some(be) = gpu() else { return };
+    let be = be
+        .clone()
+        .with_precision(gradients_engine::backend::Precision::Bf16);
+    let cpu = gradients_engine::backend::cpu::CpuBackend::<f32>::new();
+    for hd in [32, 64] {
+        let a = model::decode(&be, hd);
+        let e = model::rel_l2(&a.logits, &model::decode(&cpu, hd).logits);
+        assert!(
+            e <= 2e-2,
+            "hd {hd}: bf16 cached logits: relative L2 error {e:.3e}"
+        );
+        let b = model::decode(&be, hd);
+        let bits = |d: &model::Decoded| d.logits.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
     }
 }

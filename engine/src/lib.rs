@@ -13,7 +13,7 @@ pub mod error; // Error, ErrorKind, Result
 pub mod eval; // evaluate (SFT test loss), evaluate_dpo, evaluate_grpo + grpo_scores, eval_seq_len
 pub mod io; // write_atomic, write_atomic_with (temp file + fsync + rename)
 pub mod lora; // Target, LoraConfig; adapter parameters and PEFT files
-pub mod model; // ModelConfig, ModelWeights, loaders, llama forward/backward
+pub mod model; // ModelConfig, ModelWeights, loaders, llama forward/backward, KV-cached generation
 pub mod optim; // Schedule, clip_grad_norm, AdamW (+ AdamWState for checkpoints)
 pub mod tensor; // DType, Tensor (host f32 storage)
 pub mod tokenizer;

@@ -53,10 +53,16 @@
   EMU_LAUNCHER(dropout_##S,                                                                              \
                (T * out, const T* x, size_t len, unsigned long long key, unsigned threshold, float scale), \
                (out, x, len, key, threshold, scale))                                                     \
+  EMU_LAUNCHER(copy_rows_##S, (T * dst, const T* src, const int* rows, size_t len, int width),          \
+               (dst, src, rows, len, width))                                                             \
   EMU_LAUNCHER(attention_forward_##S,                                                                    \
                (T * out, float* lse, const T* q, const T* k, const T* v, const int* starts, int n, int seq, \
                 int heads, int kv_heads, int hd, float scale),                                           \
-               (out, lse, q, k, v, starts, n, seq, heads, kv_heads, hd, scale))
+               (out, lse, q, k, v, starts, n, seq, heads, kv_heads, hd, scale))                          \
+  EMU_LAUNCHER(attention_decode_##S,                                                                     \
+               (T * out, const T* q, const T* k, const T* v, const int* first, const int* last, int b,   \
+                int heads, int kv_heads, int hd, float scale),                                           \
+               (out, q, k, v, first, last, b, heads, kv_heads, hd, scale))
 
 // attention.cu's tiled forward per head_dim; attention_backward.cu: one dot kernel and a dkdv/dq
 // pair per head_dim.

@@ -104,8 +104,8 @@ pub struct RunArgs {
     grpo_settings: String,
     /// Task kinds matches are drawn from (comma-separated: instruct, dpo, grpo); default
     /// instruct and dpo (dpo when its data resolves). grpo is opt-in: GRPO training and
-    /// evaluation generate token by token (no KV cache), which is slow on the real model on
-    /// a CPU.
+    /// evaluation generate completions (KV-cached), which still costs more than an SFT task
+    /// on a CPU (BENCHMARKS.md, "KV cache for generation").
     #[arg(long, value_delimiter = ',')]
     task_kinds: Option<Vec<String>>,
     /// Training tokens each method may spend per task.

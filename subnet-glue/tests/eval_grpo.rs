@@ -1,5 +1,5 @@
 //! `gradients eval` with a GRPO mapping on the real SmolLM2-135M-Instruct GGUF (2 prompts ×
-//! 16 new tokens: generation has no KV cache): the base model's KL is exactly 0, an adapter's
+//! 16 new tokens, KV-cached): the base model's KL is exactly 0, an adapter's
 //! JSON result equals the engine's `evaluate_grpo` bit for bit (completions, rewards, KL),
 //! and a row missing its prompt column fails naming the row. Skips (printing why) when the
 //! assets are unavailable.

@@ -162,6 +162,56 @@ pub fn assert_bit_identical(a: &Run, b: &Run) {
     assert_eq!(a.params, b.params, "parameters differ between runs");
 }
 
+/// What the KV-cached decoding gave: completions of a prompt for three keys, greedy and
+/// sampled, and the logits of a prefill and of two decode steps (the second a shrunk batch).
+pub struct Decoded {
+    /// Greedy, then sampled completions.
+    pub completions: Vec<gradients_engine::model::Completion>,
+    /// Prefill, then decode-step logits, concatenated.
+    pub logits: Vec<f32>,
+}
+
+/// KV-cached decoding of the model of [`setup`] (with its adapter) on `be`.
+pub fn decode<B: Backend + Clone>(be: &B, hd: usize) -> Decoded {
+    use gradients_engine::model::Sampling;
+    let (cfg, w, lw, _) = setup(hd);
+    let lora = LoraState::upload(be, &lw).unwrap();
+    let mut m = Llama::new(be.clone(), &cfg, &w).unwrap();
+    let prompt = super::common::random_ids(11, cfg.vocab_size, 6);
+    let keys = [[0u64, 0], [0, 1], [2, 0]];
+    let sampled = Sampling {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 3,
+    };
+    let mut completions = Vec::new();
+    for s in [Sampling::greedy(), sampled] {
+        let c = m.generate_many(&prompt, 8, None, Some(&lora), &s, &keys);
+        completions.extend(c.unwrap());
+    }
+    let mut logits = m.prefill(&prompt, 3, 16, Some(&lora)).unwrap();
+    logits.extend(m.decode_step(&[0, 1, 2], &[5, 6, 7], Some(&lora)).unwrap());
+    logits.extend(m.decode_step(&[2, 0], &[8, 9], Some(&lora)).unwrap());
+    Decoded {
+        completions,
+        logits,
+    }
+}
+
+/// Asserts `got` decodes as the CPU reference `want`: the same completions, logits within
+/// `1e-4·(1 + |ref|)`.
+pub fn assert_decodes_like(got: &Decoded, want: &Decoded) {
+    assert_eq!(got.completions, want.completions);
+    assert_eq!(got.logits.len(), want.logits.len());
+    for (i, (g, w)) in got.logits.iter().zip(&want.logits).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+            "logit {i}: {g} vs cpu {w}"
+        );
+    }
+}
+
 /// `‖got − want‖ / ‖want‖` over all values.
 pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len());

@@ -507,3 +507,63 @@ pub fn attention<B: Backend>(be: &B, hd: usize, lens: &[usize]) {
         .attention_forward(&mut ok, &mut lk, &qk, &kk, &vk, &bad, batch, seq, heads, kvh, hd)
         .is_err());
 }
+
+/// `be` against the CPU backend on the KV cache's ops: `copy_rows` bit for bit (a width of
+/// whole 16-byte packs and an odd one), and `attention_decode` for head_dim `hd` (GQA 2:1,
+/// 1 to 70 keys per query, so the kernel's 32-key chunks end anywhere), within `1e-5 +
+/// 1e-4·|ref|` (the CPU's polynomial exp); bad rows and key ranges are errors.
+pub fn decode<B: Backend>(be: &B, hd: usize) {
+    let cpu = CpuBackend::<f32>::new();
+    let mut rng = Rng(29 + hd as u64);
+    let up = |v: &[f32]| be.upload(v).unwrap();
+    let down = |b: &B::Buf| be.download(b).unwrap();
+    let rows = [41u32, 3, 0, 17, 49];
+    for width in [2 * hd, 7] {
+        let src = rng.vec(rows.len() * width, -1.0, 1.0);
+        let dst = rng.vec(50 * width, -1.0, 1.0);
+        let mut dc = dst.clone();
+        cpu.copy_rows(&mut dc, &src, &rows, width).unwrap();
+        let mut dk = up(&dst);
+        be.copy_rows(&mut dk, &up(&src), &rows, width).unwrap();
+        same(&format!("copy_rows width={width}"), &down(&dk), &dc);
+        let e = be
+            .copy_rows(&mut dk, &up(&src[..2 * width]), &[4, 4], width)
+            .unwrap_err();
+        assert!(e.to_string().contains("dst row 4 is written twice"), "{e}");
+    }
+    let (heads, kvh, max_len) = (4usize, 2usize, 80usize);
+    let (qw, kw) = (heads * hd, kvh * hd);
+    let first = [240u32, 80, 0, 160];
+    let last = [0u32, 31, 32, 69];
+    let k = rng.vec(4 * max_len * kw, -1.0, 1.0);
+    let v = rng.vec(4 * max_len * kw, -1.0, 1.0);
+    let q = rng.vec(4 * qw, -1.0, 1.0);
+    let mut oc = vec![0f32; 4 * qw];
+    cpu.attention_decode(&mut oc, &q, &k, &v, &first, &last, heads, kvh, hd)
+        .unwrap();
+    let (qk, kk, vk) = (up(&q), up(&k), up(&v));
+    let mut ok = up(&vec![f32::NAN; 4 * qw]);
+    be.attention_decode(&mut ok, &qk, &kk, &vk, &first, &last, heads, kvh, hd)
+        .unwrap();
+    close(
+        &format!("attention_decode hd={hd}"),
+        &down(&ok),
+        &oc,
+        1e-5,
+        1e-4,
+    );
+    let e = be
+        .attention_decode(
+            &mut ok,
+            &qk,
+            &kk,
+            &vk,
+            &first,
+            &[0, 0, 0, 160],
+            heads,
+            kvh,
+            hd,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("query 3: keys 160 ..= 320"), "{e}");
+}

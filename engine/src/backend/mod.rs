@@ -17,6 +17,7 @@ pub mod attention_dims; // check_starts; AttnDims: the attention argument checks
 pub mod cpu; // CpuBackend: reference semantics
 #[cfg(feature = "cuda")]
 pub mod cuda; // CudaBackend (KernelBackend<CudaDevice>), CudaRuntime, CudaBuf, Gemm, probe; KERNELS_FATBIN
+pub mod decode_check; // check_copy_rows, DecodeDims: the checks of the cached-decoding ops
 pub mod device; // Device (cpu, cuda:N), resolve: CUDA checks with a CPU fallback
 pub mod kernel; // KernelBackend over KernelDevice (EmuDevice; CudaDevice with `cuda`)
 pub mod rope_table; // RopeTable::new, rope_inv_freq (llama3 scaling)
@@ -235,6 +236,36 @@ pub trait Backend: Send + Sync {
         kv_heads: usize,
         hd: usize,
     ) -> Result<()>;
+    // ---- cached decoding (model/decode.rs) ----------------------------------------------
+    /// `dst[rows[t], :] = src[t, :]` for each of the `rows.len()` rows of width `width`:
+    /// src `[rows.len(), width]`, dst `[m, width]`. The rows must be distinct and below `m`
+    /// (the KV cache's write of a step's keys or values).
+    fn copy_rows(
+        &self,
+        dst: &mut Self::Buf,
+        src: &Self::Buf,
+        rows: &[u32],
+        width: usize,
+    ) -> Result<()>;
+    /// Attention of one query per sequence against its cached keys and values (decoding):
+    /// query `i` (of `b = first.len()`) attends the cache rows `first[i] ..= first[i] +
+    /// last[i]`, i.e. positions `0..=last[i]` of its sequence; GQA as in
+    /// [`Backend::attention_forward`], scale `1/sqrt(hd)`, softmax accumulated in f32 (or wider).
+    /// q/out `[b, heads*hd]`, k/v `[m, kv_heads*hd]` (the cache, `m` rows).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        first: &[u32],
+        last: &[u32],
+        heads: usize,
+        kv_heads: usize,
+        hd: usize,
+    ) -> Result<()>;
+
     /// `out = silu(gate) * up`, all `[n, f]` flattened.
     fn swiglu_forward(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
     /// Overwrites `dgate`, `dup` with the gradients of `swiglu_forward`.

@@ -9,8 +9,8 @@
 //! token when it produced one), at each position `t` predicting `y_t` the exact
 //! `KL_t = Σ_v p_base(v | x, y_<t) · (log p_base(v | ·) − log p_tuned(v | ·))` between the two
 //! full next-token distributions (temperature 1, log-softmax in f64), from one forward of
-//! `x + y` with the adapter and one without (llama.rs `logits_from`); a prompt's KL is the
-//! mean of `KL_t` over its scored positions (clamped at 0 against rounding), and the
+//! `x + y` with the adapter and one without (model/decode.rs `logits_from`); a prompt's KL is
+//! the mean of `KL_t` over its scored positions (clamped at 0 against rounding), and the
 //! result's KL the mean over prompts. Without an adapter it is exactly 0.
 //!
 //! The result keeps each prompt's completion text, raw rewards and KL, and the per-function
@@ -18,8 +18,8 @@
 //! is separate: [`grpo_scores`] shifts each reward's means across submissions so the minimum
 //! is 0 and divides by the (shifted) maximum. Everything is f64 in prompt order and each
 //! prompt is generated and scored by itself, so the same inputs give bit-identical results
-//! on every run and thread count. Cost: generation is a full forward per token (no KV
-//! cache), plus two forwards per prompt for the KL.
+//! on every run and thread count. Cost: generation is KV-cached (one prefill, then one
+//! one-token step per new token), plus two full forwards per prompt for the KL.
 
 use serde::{Deserialize, Serialize};
 

@@ -8,10 +8,16 @@
 //! logit (descending, lower index first on ties), cut to the `top_k` best (0: all), given
 //! probabilities `exp((l − l_max)/T)` in f64 summed in that order, cut to the smallest prefix
 //! whose mass reaches `top_p` of the total (1: all), and the draw `u ∈ [0, 1)` selects the
-//! first candidate whose cumulative mass exceeds `u·mass`. [`Llama::generate`] runs it one
-//! token at a time on llama.rs's [`Llama::logits_last`]: a full forward per token (no KV
-//! cache), so a completion of `n` tokens after a prompt of `p` costs about `n` forwards of
-//! `p + n/2` tokens. eval/grpo.rs and the GRPO trainer use it.
+//! first candidate whose cumulative mass exceeds `u·mass`. [`Llama::generate_many`] draws
+//! several completions of one prompt with the KV cache of decode.rs: one prefill of the
+//! prompt, then one decode step per new token for all samples still running (each stops at
+//! its end token, `max_new` or the context by itself), so a completion of `n` tokens after a
+//! prompt of `p` costs one `p`-token forward and `n − 1` one-token steps. The draw of a token
+//! depends only on its key and position, never on the batch, so a sample's completion is the
+//! one [`Llama::generate`] gives alone, and (up to float rounding of the logits, which differ
+//! from the full forward's in the last bits) the one of a full forward per token over
+//! [`Llama::logits_last`] (tests/kv_cache.rs checks both). eval/grpo.rs, the GRPO trainer and
+//! `gradients generate` (through [`Llama::greedy`]) use them.
 
 use super::llama::Llama;
 use crate::backend::Backend;
@@ -154,6 +160,23 @@ impl<B: Backend> Llama<B> {
         sampling: &Sampling,
         key: [u64; 2],
     ) -> Result<Completion> {
+        let mut c = self.generate_many(prompt, max_new, eos, lora, sampling, &[key])?;
+        c.pop()
+            .ok_or_else(|| Error::unsupported("generate: no completion"))
+    }
+
+    /// One completion of `prompt` per key in `keys` (as [`Llama::generate`] gives for that
+    /// key), decoded together: the prompt is prefilled once and the samples still running
+    /// form one decode batch per token.
+    pub fn generate_many(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        eos: Option<u32>,
+        lora: Option<&LoraState<B>>,
+        sampling: &Sampling,
+        keys: &[[u64; 2]],
+    ) -> Result<Vec<Completion>> {
         sampling.validate("sampling")?;
         if prompt.is_empty() {
             return Err(Error::config(
@@ -162,24 +185,61 @@ impl<B: Backend> Llama<B> {
                 "needs at least one token",
             ));
         }
-        let mut ids = prompt.to_vec();
-        let max_pos = self.config().max_position_embeddings;
-        let mut ended = false;
-        while ids.len() - prompt.len() < max_new && ids.len() < max_pos {
-            let logits = self.logits_last(&ids, lora)?;
-            let pos = (ids.len() - prompt.len()) as u64;
-            let u = uniform(sampling.seed, key[0], key[1], pos);
-            let next = pick(&logits, sampling, u);
-            if Some(next) == eos {
-                ended = true;
-                break;
-            }
-            ids.push(next);
+        let (p, max_pos) = (prompt.len(), self.config().max_position_embeddings);
+        let vocab = self.config().vocab_size;
+        let mut out = vec![
+            Completion {
+                ids: Vec::new(),
+                ended: false,
+            };
+            keys.len()
+        ];
+        // a sample with `c` new tokens picks another while this holds
+        let room = |c: usize| c < max_new && p + c < max_pos;
+        if keys.is_empty() || !room(0) {
+            return Ok(out);
         }
-        Ok(Completion {
-            ids: ids.split_off(prompt.len()),
-            ended,
-        })
+        let mut logits = self.prefill(prompt, keys.len(), (p + max_new).min(max_pos), lora)?;
+        let mut active: Vec<usize> = (0..keys.len()).collect();
+        let mut shared = true; // every sample reads the prefill's one row
+        loop {
+            let mut next = Vec::with_capacity(active.len());
+            let mut tokens = Vec::with_capacity(active.len());
+            for (r, &s) in active.iter().enumerate() {
+                let row = if shared { 0 } else { r };
+                let c = &mut out[s];
+                let u = uniform(sampling.seed, keys[s][0], keys[s][1], c.ids.len() as u64);
+                let tok = pick(&logits[row * vocab..(row + 1) * vocab], sampling, u);
+                if Some(tok) == eos {
+                    c.ended = true;
+                    continue;
+                }
+                c.ids.push(tok);
+                if room(c.ids.len()) {
+                    next.push(s);
+                    tokens.push(tok);
+                }
+            }
+            if next.is_empty() {
+                return Ok(out);
+            }
+            logits = self.decode_step(&next, &tokens, lora)?;
+            (active, shared) = (next, false);
+        }
+    }
+
+    /// Greedy decoding: extends `prompt` one argmax token at a time (the first index on
+    /// ties) until `eos`, `max_new` new tokens, or the model's context length; returns the
+    /// new tokens only (without the eos). KV-cached ([`Llama::generate`] at temperature 0).
+    pub fn greedy(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        eos: Option<u32>,
+        lora: Option<&LoraState<B>>,
+    ) -> Result<Vec<u32>> {
+        let c = self.generate(prompt, max_new, eos, lora, &Sampling::greedy(), [0, 0])?;
+        Ok(c.ids)
     }
 }
 

@@ -1,6 +1,9 @@
 //! The Llama-family decoder (Llama, Mistral, SmolLM, Qwen2) with LoRA: the public API
 //! ([`Llama`]); the block's forward lives in `llama_forward.rs`, its explicit backward in
-//! `llama_backward.rs`, the buffers in `plan.rs`.
+//! `llama_backward.rs`, the buffers in `plan.rs`, KV-cached decoding (`prefill`,
+//! `decode_step`, through the same forward) and the logits of a whole sequence
+//! ([`Llama::logits_last`], [`Llama::logits_from`]: full forwards, the cached path's
+//! reference) in `decode.rs`, sampling in `generate.rs`.
 //!
 //! The forward is exactly HF's `LlamaForCausalLM` (+ PEFT LoRA): per block
 //! `x → rmsnorm → q,k,v (+bias) → rope(q,k) → causal GQA attention → o_proj → +x →
@@ -15,6 +18,7 @@
 //! gradient overwrites on its first contribution and accumulates afterwards (q, k, v and
 //! gate, up share their input).
 
+use super::decode::{DecodeState, KvStep};
 use super::llama_backward::layer_backward;
 use super::llama_forward::{Ctx, DeviceLayer};
 use super::plan::{Dims, Plan, PlanKey};
@@ -68,6 +72,8 @@ pub struct Llama<B: Backend> {
     rope: Option<RopeTable<B>>,
     train_plan: Option<Plan<B>>,
     eval_plan: Option<Plan<B>>,
+    /// The KV cache and decode-step buffers of `decode.rs` (taken out while decoding).
+    pub(super) decode: Option<DecodeState<B>>,
 }
 
 /// Return the heap pages freed by [`Llama::from_weights`] to the OS. glibc serves the layer
@@ -215,6 +221,7 @@ impl<B: Backend> Llama<B> {
             rope: None,
             train_plan: None,
             eval_plan: None,
+            decode: None,
             cfg: cfg.clone(),
             be,
         })
@@ -247,6 +254,7 @@ impl<B: Backend> Llama<B> {
             rope: None,
             train_plan: None,
             eval_plan: None,
+            decode: None,
             cfg: cfg.clone(),
             be,
         })
@@ -262,7 +270,7 @@ impl<B: Backend> Llama<B> {
         &self.cfg
     }
 
-    fn dims(&self, batch: usize, seq: usize) -> Dims {
+    pub(super) fn dims(&self, batch: usize, seq: usize) -> Dims {
         let c = &self.cfg;
         Dims {
             batch,
@@ -279,8 +287,20 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// The lm_head `[vocab, h]` (the embedding when tied).
+    pub(super) fn lm_head(&self) -> &B::Buf {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// The RoPE table (made by [`Llama::ensure_rope`]).
+    pub(super) fn rope(&self) -> Result<&RopeTable<B>> {
+        self.rope
+            .as_ref()
+            .ok_or_else(|| Error::unsupported("llama: rope table missing"))
+    }
+
     /// Make the RoPE table cover positions `0..max_pos`.
-    fn ensure_rope(&mut self, max_pos: usize) -> Result<()> {
+    pub(super) fn ensure_rope(&mut self, max_pos: usize) -> Result<()> {
         if self.rope.as_ref().is_none_or(|r| r.max_pos < max_pos) {
             let len = max_pos.next_power_of_two().max(256);
             self.rope = Some(RopeTable::new(&self.be, &self.cfg, len)?);
@@ -288,7 +308,7 @@ impl<B: Backend> Llama<B> {
         Ok(())
     }
 
-    fn check_lora(&self, lora: Option<&LoraState<B>>) -> Result<()> {
+    pub(super) fn check_lora(&self, lora: Option<&LoraState<B>>) -> Result<()> {
         if let Some(l) = lora {
             if l.num_layers() != self.cfg.num_layers {
                 return Err(Error::shape(
@@ -307,13 +327,15 @@ impl<B: Backend> Llama<B> {
     /// Run embedding, all blocks and the final norm of `batch` into a plan (the stored
     /// residuals, `plan.acts` per block or the single recompute slot, `plan.xf`). A forward-only
     /// pass runs in the training plan when that one fits (no second set of buffers), else in
-    /// the eval plan. Returns whether the training plan was used.
-    fn forward_into(
+    /// the eval plan. With `kv`, each block also writes its keys and values into the KV cache
+    /// (the prefill of `decode.rs`). Returns whether the training plan was used.
+    pub(super) fn forward_into(
         &mut self,
         train: bool,
         batch: &Batch,
         lora: Option<&LoraState<B>>,
         opts: &StepOptions,
+        kv: Option<KvStep<'_, B>>,
     ) -> Result<bool> {
         batch.validate(self.cfg.vocab_size)?;
         self.check_lora(lora)?;
@@ -336,35 +358,26 @@ impl<B: Backend> Llama<B> {
             saved,
             grads: train,
         };
-        // a plan with more buffers serves a step that needs fewer: all blocks' activations
-        // serve a recompute step, LoRA buffers a base-model pass (DPO's reference), dropout
-        // scratch a step without dropout, a training plan an evaluation
-        let fits = |pl: &Plan<B>| {
-            let k = &pl.key;
-            k.dims == key.dims
-                && k.saved >= key.saved
-                && (k.lora == key.lora || key.lora.is_none())
-                && k.dropout >= key.dropout
-                && k.grads >= key.grads
-        };
-        let use_train = train || self.train_plan.as_ref().is_some_and(fits);
+        let fits = |pl: &Option<Plan<B>>| pl.as_ref().is_some_and(|pl| pl.key.serves(&key));
+        let use_train = train || fits(&self.train_plan);
         let slot = if use_train {
             &mut self.train_plan
         } else {
             &mut self.eval_plan
         };
-        if !slot.as_ref().is_some_and(fits) {
+        if !fits(slot) {
             *slot = None; // free the old plan before allocating the new one
             *slot = Some(Plan::new(&self.be, key, self.cfg.num_layers)?);
         }
-        let (Some(plan), Some(rope)) = (slot.as_mut(), self.rope.as_ref()) else {
-            return Err(Error::unsupported("llama: plan or rope table missing"));
-        };
+        // out of its slot while the blocks run (they borrow the model), put back after
+        let mut plan = slot
+            .take()
+            .ok_or_else(|| Error::unsupported("llama: plan missing"))?;
         let cx = Ctx {
             be: &self.be,
             d,
             eps: self.cfg.rms_norm_eps,
-            rope,
+            rope: self.rope()?,
             positions: &batch.positions,
             starts: &batch.starts,
             lora,
@@ -373,8 +386,31 @@ impl<B: Backend> Llama<B> {
             step: opts.step,
             accumulate: opts.accumulate,
         };
+        let run = self.forward_rows(&mut plan, &cx, &batch.input_ids, saved, kv);
+        let slot = if use_train {
+            &mut self.train_plan
+        } else {
+            &mut self.eval_plan
+        };
+        *slot = Some(plan);
+        run.map(|()| use_train)
+    }
+
+    /// Embedding, every block and the final norm of the `cx.d.n` tokens `ids` in `plan`
+    /// (`saved`: the number of [`super::plan::LayerActs`] the step keeps, 1 or all blocks),
+    /// writing keys and values into the KV cache when `kv` is given. Shared by
+    /// [`Llama::forward_into`] and the decode step of `decode.rs`.
+    pub(super) fn forward_rows(
+        &self,
+        plan: &mut Plan<B>,
+        cx: &Ctx<'_, B>,
+        ids: &[u32],
+        saved: usize,
+        mut kv: Option<KvStep<'_, B>>,
+    ) -> Result<()> {
+        let d = cx.d;
         self.be
-            .embedding(&mut plan.residual[0], &self.embed, &batch.input_ids, d.h)?;
+            .embedding(&mut plan.residual[0], &self.embed, ids, d.h)?;
         for (l, w) in self.layers.iter().enumerate() {
             let (i, o) = (plan.res(l), plan.res(l + 1));
             // the input and output residuals of the block: two distinct buffers
@@ -396,6 +432,7 @@ impl<B: Backend> Llama<B> {
                 x_in,
                 w,
                 l,
+                kv.as_mut().map(|kv| kv.layer(l)),
             )?;
         }
         let last = &plan.residual[plan.res(self.cfg.num_layers)];
@@ -407,12 +444,11 @@ impl<B: Backend> Llama<B> {
             d.n,
             d.h,
             cx.eps,
-        )?;
-        Ok(use_train)
+        )
     }
 
     /// The plan the last [`Llama::forward_into`] ran in.
-    fn used_plan(&self, train: bool) -> Result<&Plan<B>> {
+    pub(super) fn used_plan(&self, train: bool) -> Result<&Plan<B>> {
         let plan = if train {
             self.train_plan.as_ref()
         } else {
@@ -431,7 +467,7 @@ impl<B: Backend> Llama<B> {
         grads: &mut LoraGrads<B>,
         opts: &StepOptions,
     ) -> Result<StepStats> {
-        self.forward_into(true, batch, Some(lora), opts)?;
+        self.forward_into(true, batch, Some(lora), opts, None)?;
         let targets = batch.targets();
         let num_targets = targets.iter().filter(|&&t| t >= 0).count();
         let scale = opts.loss_scale.unwrap_or(if num_targets > 0 {
@@ -496,6 +532,7 @@ impl<B: Backend> Llama<B> {
                     &plan.residual[l],
                     w,
                     l,
+                    None,
                 )?;
             }
             layer_backward(
@@ -525,113 +562,12 @@ impl<B: Backend> Llama<B> {
     /// Per-token losses `[batch*seq]` of `batch` (0 where the target is ignored), without
     /// dropout and without keeping per-block activations.
     pub fn forward_loss(&mut self, batch: &Batch, lora: Option<&LoraState<B>>) -> Result<Vec<f32>> {
-        let used = self.forward_into(false, batch, lora, &StepOptions::default())?;
+        let used = self.forward_into(false, batch, lora, &StepOptions::default(), None)?;
         let targets = batch.targets();
         let d = self.dims(batch.batch, batch.seq);
         let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let plan = self.used_plan(used)?;
         self.be
             .cross_entropy(None, &plan.xf, lm_head, &targets, d.n, d.h, d.vocab, 1.0)
-    }
-
-    /// Logits `[vocab]` at the last position of the single sequence `ids` (full forward).
-    pub fn logits_last(&mut self, ids: &[u32], lora: Option<&LoraState<B>>) -> Result<Vec<f32>> {
-        let labels = vec![super::batch::IGNORE; ids.len()];
-        let sample = super::Sample {
-            input_ids: ids,
-            labels: &labels,
-        };
-        let batch = Batch::unpacked(&[sample], ids.len(), self.cfg.vocab_size)?;
-        let used = self.forward_into(false, &batch, lora, &StepOptions::default())?;
-        let h = self.cfg.hidden_size;
-        let plan = self.used_plan(used)?;
-        let xf = self.be.download(&plan.xf)?;
-        let last = self.be.upload_compute(&xf[(ids.len() - 1) * h..])?;
-        let mut logits = self.be.alloc(self.cfg.vocab_size)?;
-        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        self.be.gemm(
-            &mut logits,
-            &last,
-            lm_head,
-            1,
-            self.cfg.vocab_size,
-            h,
-            false,
-            true,
-            1.0,
-            0.0,
-        )?;
-        self.be.download(&logits)
-    }
-
-    /// Logits `[(len − start) · vocab]` at positions `start..len` of the single sequence
-    /// `ids` (one full forward; row `i` predicts the token after `ids[start + i]`).
-    pub fn logits_from(
-        &mut self,
-        ids: &[u32],
-        start: usize,
-        lora: Option<&LoraState<B>>,
-    ) -> Result<Vec<f32>> {
-        if start >= ids.len() {
-            return Err(Error::shape(
-                "llama logits",
-                format!("start {start} outside a sequence of {} tokens", ids.len()),
-            ));
-        }
-        let labels = vec![super::batch::IGNORE; ids.len()];
-        let sample = super::Sample {
-            input_ids: ids,
-            labels: &labels,
-        };
-        let batch = Batch::unpacked(&[sample], ids.len(), self.cfg.vocab_size)?;
-        let used = self.forward_into(false, &batch, lora, &StepOptions::default())?;
-        let (h, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        let rows = ids.len() - start;
-        let plan = self.used_plan(used)?;
-        let xf = self.be.download(&plan.xf)?;
-        let tail = self.be.upload_compute(&xf[start * h..ids.len() * h])?;
-        let mut logits = self.be.alloc(rows * vocab)?;
-        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        self.be.gemm(
-            &mut logits,
-            &tail,
-            lm_head,
-            rows,
-            vocab,
-            h,
-            false,
-            true,
-            1.0,
-            0.0,
-        )?;
-        self.be.download(&logits)
-    }
-
-    /// Greedy decoding: extends `prompt` one argmax token at a time (the first index on
-    /// ties) until `eos`, `max_new` new tokens, or the model's context length; returns the
-    /// new tokens only (without the eos). A full forward per token: no KV cache yet.
-    pub fn greedy(
-        &mut self,
-        prompt: &[u32],
-        max_new: usize,
-        eos: Option<u32>,
-        lora: Option<&LoraState<B>>,
-    ) -> Result<Vec<u32>> {
-        let mut ids = prompt.to_vec();
-        while ids.len() - prompt.len() < max_new && ids.len() < self.cfg.max_position_embeddings {
-            let logits = self.logits_last(&ids, lora)?;
-            let mut best = 0;
-            for (i, &x) in logits.iter().enumerate() {
-                if x > logits[best] {
-                    best = i;
-                }
-            }
-            let next = best as u32;
-            if Some(next) == eos {
-                break;
-            }
-            ids.push(next);
-        }
-        Ok(ids.split_off(prompt.len()))
     }
 }

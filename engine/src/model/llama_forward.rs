@@ -2,8 +2,11 @@
 //! Linear, `y = x·Wᵀ (+b) + s·(drop(x)·Aᵀ)·Bᵀ`, saving the `[n, r]` bottleneck) and
 //! [`Ctx::layer_forward`] (norm, q/k/v, RoPE, attention, o, residual, norm, SwiGLU MLP,
 //! residual), plus the block's frozen weights on the backend. The model API that drives it
-//! is in `llama.rs`, the backward in `llama_backward.rs`, the buffers in `plan.rs`.
+//! is in `llama.rs`, the backward in `llama_backward.rs`, the buffers in `plan.rs`; with a
+//! [`LayerKv`] the block also writes its keys and values into the KV cache and, when decoding,
+//! attends to the cache (`decode.rs`).
 
+use super::decode::LayerKv;
 use super::plan::{Dims, DropScratch, LayerActs, Recomputed};
 use crate::backend::{Backend, RopeTable};
 use crate::error::Result;
@@ -110,8 +113,10 @@ impl<B: Backend> Ctx<'_, B> {
     }
 
     /// One block: `x_in [n, h]` → `x_out [n, h]`, filling `a` (the normed inputs, the attention
-    /// output and the SwiGLU product go to the scratch `rc`, not kept). With `x_out = None` the block stops after the
-    /// last Linear's LoRA bottleneck (all its backward needs).
+    /// output and the SwiGLU product go to the scratch `rc`, not kept). With `x_out = None` the
+    /// block stops after the last Linear's LoRA bottleneck (all its backward needs). With `kv`
+    /// the keys (after RoPE) and values are also written into the block's KV cache, and a
+    /// decoding step attends to the cache instead of to its own tokens.
     #[allow(clippy::too_many_arguments)]
     pub fn layer_forward(
         &self,
@@ -123,6 +128,7 @@ impl<B: Backend> Ctx<'_, B> {
         x_in: &B::Buf,
         w: &DeviceLayer<B>,
         layer: usize,
+        kv: Option<LayerKv<'_, B>>,
     ) -> Result<()> {
         let (be, d) = (self.be, &self.d);
         be.rmsnorm_forward(
@@ -172,19 +178,36 @@ impl<B: Backend> Ctx<'_, B> {
         )?;
         be.rope(&mut a.q, self.rope, self.positions, d.n, d.heads, false)?;
         be.rope(&mut a.k, self.rope, self.positions, d.n, d.kv_heads, false)?;
-        be.attention_forward(
-            &mut rc.att,
-            &mut rc.lse,
-            &a.q,
-            &a.k,
-            &a.v,
-            self.starts,
-            d.batch,
-            d.seq,
-            d.heads,
-            d.kv_heads,
-            d.hd,
-        )?;
+        let cached = match kv {
+            Some(kv) => kv.store(be, &a.k, &a.v, d.kv)?,
+            None => None,
+        };
+        match cached {
+            Some((kc, vc, first, last)) => be.attention_decode(
+                &mut rc.att,
+                &a.q,
+                kc,
+                vc,
+                first,
+                last,
+                d.heads,
+                d.kv_heads,
+                d.hd,
+            )?,
+            None => be.attention_forward(
+                &mut rc.att,
+                &mut rc.lse,
+                &a.q,
+                &a.k,
+                &a.v,
+                self.starts,
+                d.batch,
+                d.seq,
+                d.heads,
+                d.kv_heads,
+                d.hd,
+            )?,
+        }
         self.linear_forward(
             Some(proj),
             uo.as_mut(),

@@ -7,8 +7,9 @@
 
 pub mod batch; // Batch, Sample: a step's tokens, labels, positions, sample starts
 pub mod config; // ModelConfig, Arch, RopeScaling
+mod decode; // KvCache, Llama::prefill/decode_step (KV-cached decoding), logits_last/_from
 pub mod frozen; // Frozen: a frozen weight matrix, dense f32 or packed as its file stored it
-pub mod generate; // Sampling, pick, uniform, Completion, Llama::generate: seeded decoding
+pub mod generate; // Sampling, pick, uniform, Completion, Llama::generate(_many), greedy
 pub mod gguf; // GgufFile, GgufMeta, GgufValue, GgufTensorInfo: GGUF v2/v3 parsing
 pub mod gguf_load; // load_gguf: llama GGUF -> ModelConfig + ModelWeights (Q/K unpermuted)
 pub mod gguf_quant; // GgmlType, dequantize (F32/F16/BF16/Q8_0/Q4_0/Q4_1)
@@ -18,7 +19,7 @@ mod gguf_tests; // unit tests of the GGUF parser, dequantisers and llama loader
 pub(crate) mod gguf_writer; // GgufWriter: tiny GGUF files written in tests
 pub mod hf_config; // load_hf_config, parse_hf_config, hf_config_json (HF config.json)
 pub mod hf_model; // load_hf_model, save_hf_model, load_weights (HF names -> ModelWeights)
-pub mod llama; // Llama: frozen weights, forward, forward_backward, forward_loss, logits_last/_from
+pub mod llama; // Llama: frozen weights, forward(_rows), forward_backward, forward_loss
 mod llama_backward; // layer_backward, linear_backward (LoRA through the rank)
 mod llama_forward; // Ctx: linear_forward, layer_forward; DeviceLayer
 pub mod load; // load_model: GGUF file or HF dir -> LoadedModel (config, weights, tokenizer)

@@ -60,6 +60,20 @@ pub(crate) struct PlanKey {
     pub grads: bool,
 }
 
+impl PlanKey {
+    /// True when a plan allocated for `self` can run a step that needs `need`: a plan with more
+    /// buffers serves a step that needs fewer (all blocks' activations serve a recompute step,
+    /// LoRA buffers a base-model pass such as DPO's reference, dropout scratch a step without
+    /// dropout, a training plan an evaluation).
+    pub fn serves(&self, need: &PlanKey) -> bool {
+        self.dims == need.dims
+            && self.saved >= need.saved
+            && (self.lora == need.lora || need.lora.is_none())
+            && self.dropout >= need.dropout
+            && self.grads >= need.grads
+    }
+}
+
 /// The activations of one decoder block that its backward reads. What is cheap to recompute
 /// is not kept: the normed inputs of q/k/v and gate/up (one rmsnorm pass each), the attention
 /// output (one attention forward from the kept q, k, v) and the SwiGLU product (one

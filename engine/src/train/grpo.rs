@@ -26,8 +26,9 @@
 //!   `max_new_tokens`), recorded as the loss `−(Σ_k w_k·mean reward_k − 0.5·KL)`: the negated,
 //!   unnormalised SPEC §3 score, so lower is better as for SFT and `keep_best` works.
 //!
-//! Cost: generation is a full forward per token (no KV cache): a step costs about
-//! `G·max_new_tokens` forwards per prompt on top of the `G` training forward/backwards.
+//! Cost: generation is KV-cached (model/decode.rs): per prompt one prefill and at most
+//! `max_new_tokens − 1` decode steps of up to `G` rows, on top of the `G` training
+//! forward/backwards.
 
 use serde::{Deserialize, Serialize};
 
@@ -341,9 +342,12 @@ impl GrpoRun {
             let max_new = self.max_new(p.ids.len());
             let mut group = Vec::with_capacity(s.num_generations);
             let mut rewards = Vec::with_capacity(s.num_generations);
-            for g in 0..s.num_generations {
-                let key = [p.row as u64, g as u64];
-                let c = model.generate(&p.ids, max_new, eos, Some(lora), &sampling, key)?;
+            // the G samples of the prompt decode together (one prefill, one KV cache)
+            let keys: Vec<[u64; 2]> = (0..s.num_generations as u64)
+                .map(|g| [p.row as u64, g])
+                .collect();
+            let done = model.generate_many(&p.ids, max_new, eos, Some(lora), &sampling, &keys)?;
+            for c in done {
                 let text = tok.decode(&c.ids)?;
                 let r: f64 = self
                     .rewards

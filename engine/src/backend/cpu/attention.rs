@@ -13,12 +13,16 @@
 //! item (the backward's sum over the heads of a kv group runs in head order after them), so
 //! results do not depend on the thread count. The reference by the definition and the tests
 //! live in `attention_tests.rs`; the argument checks in backend/attention_dims.rs.
+//! Decoding ([`decode`]): one query per sequence against its cached keys and values
+//! (`Backend::attention_decode`), the same softmax by the definition, one rayon item per
+//! (query, head).
 
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::simd::{attn_grad_row, dot as simd_dot, exp_sub_sum, row_max, scale_row};
 use super::Real;
+use crate::backend::decode_check::DecodeDims;
 
 /// Validated dims of one attention call (the checks every backend shares).
 pub(crate) use crate::backend::attention_dims::AttnDims as Dims;
@@ -281,6 +285,45 @@ pub(crate) fn backward<T: Real>(d: &Dims, g: Grads<'_, T>, s: Saved<'_, T>, star
                 }
             }
         });
+}
+
+/// Decoding attention (checked dims): for query `i` and head `h` (kv head `g`), keys
+/// `j = first[i] ..= first[i] + last[i]` of the cache: `s_j = scale·(q_i·k_j)` (a fixed-order
+/// dot), `P = softmax(s)` (max, then the exp sum in key order), `out_i = Σ_j P_j v_j` in key
+/// order. One rayon item per (query, head), each writing its own `hd` outputs.
+pub(crate) fn decode<T: Real>(
+    d: &DecodeDims,
+    out: &mut [T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    first: &[u32],
+    last: &[u32],
+) {
+    let (hd, heads) = (d.hd, d.heads);
+    let kw = d.kv_heads * hd;
+    let group = heads / d.kv_heads;
+    let scale = T::from_f64(d.scale());
+    out.par_chunks_mut(hd).enumerate().for_each(|(item, o)| {
+        let (i, h) = (item / heads, item % heads);
+        let col = (h / group) * hd;
+        let qi = &q[item * hd..(item + 1) * hd];
+        let j0 = first[i] as usize;
+        let keys = j0..=j0 + last[i] as usize;
+        let mut p: Vec<T> = keys
+            .clone()
+            .map(|j| simd_dot(qi, &k[j * kw + col..j * kw + col + hd]) * scale)
+            .collect();
+        let mx = row_max(&p);
+        let sum = exp_sub_sum(&mut p, mx);
+        scale_row(&mut p, T::ONE / sum);
+        o.fill(T::ZERO);
+        for (j, &pj) in keys.zip(&p) {
+            for (x, &vv) in o.iter_mut().zip(&v[j * kw + col..j * kw + col + hd]) {
+                *x += pj * vv;
+            }
+        }
+    });
 }
 
 /// `c = alpha·a·b`, single-threaded (inside a rayon item).

@@ -1,7 +1,8 @@
 //! Tests of the CPU attention (`attention.rs`) and its reference: the one-query-at-a-time
 //! forward and backward by the definition, against which the blocked kernels are checked;
 //! finite-difference gradients in f64 (GQA, packed samples, batch 2), packed rows equal to
-//! separate samples, shape errors, thread-count bit-identity and a timing harness.
+//! separate samples, shape errors, thread-count bit-identity and a timing harness; decoding
+//! attention (one query per sequence against a KV cache) against the full forward.
 
 use rayon::prelude::*;
 
@@ -445,4 +446,77 @@ fn thread_count_bit_identity() {
             assert!(same_bits(x, y), "{threads} threads");
         }
     }
+}
+
+/// Decoding: each sequence's queries, put one at a time against a cache that holds that
+/// sequence's keys and values at rows `first ..` (other rows random), give the full forward's
+/// outputs at every position (f64, to rounding); f32 results are the same for 1 and 3 threads.
+#[test]
+fn decode_matches_the_full_forward_at_every_position() {
+    let mut rng = Rng(31);
+    let (seq, heads, kvh, hd) = (9, 4, 2, 8);
+    let c = case(&mut rng, seq, &[&[seq], &[seq]], heads, kvh, hd);
+    let (out, _) = fwd(&c, &c.q, &c.k, &c.v);
+    let (qw, kw) = (heads * hd, kvh * hd);
+    // a cache of 3 slots of 12 rows: row 1 of the batch in slot 0, row 0 in slot 2
+    let (slots, max_len) = (3, 12);
+    let first = [2 * max_len as u32, 0];
+    let mut kc = randn(&mut rng, slots * max_len * kw);
+    let mut vc = randn(&mut rng, slots * max_len * kw);
+    let be = CpuBackend::<f64>::new();
+    for (b, &f) in first.iter().enumerate() {
+        let rows: Vec<u32> = (0..seq as u32).map(|t| f + t).collect();
+        let src = |x: &[f64]| x[b * seq * kw..(b + 1) * seq * kw].to_vec();
+        be.copy_rows(&mut kc, &src(&c.k), &rows, kw).unwrap();
+        be.copy_rows(&mut vc, &src(&c.v), &rows, kw).unwrap();
+    }
+    for pos in 0..seq {
+        let mut q = Vec::new();
+        for b in 0..2 {
+            let t = b * seq + pos;
+            q.extend_from_slice(&c.q[t * qw..(t + 1) * qw]);
+        }
+        let mut got = vec![f64::NAN; 2 * qw];
+        let last = [pos as u32; 2];
+        be.attention_decode(&mut got, &q, &kc, &vc, &first, &last, heads, kvh, hd)
+            .unwrap();
+        for b in 0..2 {
+            let t = b * seq + pos;
+            for (x, y) in got[b * qw..(b + 1) * qw].iter().zip(&out[t * qw..]) {
+                assert!(
+                    (x - y).abs() <= 1e-12 * (1.0 + y.abs()),
+                    "pos {pos}: {x} vs {y}"
+                );
+            }
+        }
+    }
+    let e = be
+        .attention_decode(
+            &mut vec![0.0; 2 * qw],
+            &c.q[..2 * qw].to_vec(),
+            &kc,
+            &vc,
+            &first,
+            &[12, 0],
+            heads,
+            kvh,
+            hd,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("query 0: keys 24 ..= 36 outside"),
+        "{e}"
+    );
+    let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let (q, k, v) = (f32s(&c.q[..2 * qw]), f32s(&kc), f32s(&vc));
+    let run = |threads| {
+        in_pool(threads, || {
+            let mut o = vec![0f32; 2 * qw];
+            CpuBackend::<f32>::new()
+                .attention_decode(&mut o, &q, &k, &v, &first, &[8, 5], heads, kvh, hd)
+                .unwrap();
+            o
+        })
+    };
+    assert!(same_bits(&run(1), &run(3)));
 }

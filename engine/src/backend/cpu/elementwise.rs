@@ -1,5 +1,6 @@
 //! Elementwise and row-wise ops of the CPU backend: `axpy`, `scale`, `add_bias`,
-//! `sum_squares`, `embedding` and `dropout` (with its counter-based RNG, [`dropout_keep`]).
+//! `sum_squares`, `embedding`, `copy_rows` (the KV cache's write) and `dropout` (with its
+//! counter-based RNG, [`dropout_keep`]).
 //!
 //! Each op splits its buffer into fixed-size chunks (or rows) handled by rayon; chunk
 //! boundaries depend on the length only, so results are the same for any thread count.
@@ -80,6 +81,15 @@ pub(crate) fn embedding<T: Real>(out: &mut [T], table: &[T], ids: &[u32], h: usi
             row.copy_from_slice(&table[id * h..(id + 1) * h]);
         });
     Ok(())
+}
+
+/// `dst[rows[t], :] = src[t, :]` for rows of width `width` (checked by the caller: distinct
+/// rows inside dst). A copy, so the order of the rows does not matter.
+pub(crate) fn copy_rows<T: Real>(dst: &mut [T], src: &[T], rows: &[u32], width: usize) {
+    for (s, &r) in src.chunks_exact(width).zip(rows) {
+        let r = r as usize;
+        dst[r * width..(r + 1) * width].copy_from_slice(s);
+    }
 }
 
 /// The splitmix64 output function (Steele, Lea, Flood 2014): a bijective mix of 64 bits.

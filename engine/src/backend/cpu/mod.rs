@@ -11,10 +11,10 @@
 //! and dispatches to them.
 
 pub(crate) mod adamw; // adamw: torch.optim.AdamW update
-mod attention; // attention_forward, attention_backward (causal GQA, packed samples)
+mod attention; // attention_forward, attention_backward (causal GQA, packed samples), attention_decode
 #[cfg(test)]
 mod attention_tests; // naive attention reference and the attention tests
-mod elementwise; // axpy, scale, add_bias, sum_squares, embedding, dropout
+mod elementwise; // axpy, scale, add_bias, sum_squares, embedding, copy_rows, dropout
 pub(crate) mod gemm; // gemm through faer
 mod norm; // rmsnorm_forward, rmsnorm_backward
 mod rope; // rope (forward and inverse rotation)
@@ -29,6 +29,7 @@ use std::fmt::Debug;
 use std::marker::PhantomData;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
+use crate::backend::decode_check::{check_copy_rows, DecodeDims};
 use crate::backend::{Backend, RopeTable};
 use crate::error::{Error, Result};
 
@@ -464,6 +465,30 @@ impl<T: Real> Backend for CpuBackend<T> {
             },
             starts,
         );
+        Ok(())
+    }
+
+    fn copy_rows(&self, dst: &mut Vec<T>, src: &Vec<T>, rows: &[u32], width: usize) -> Result<()> {
+        check_copy_rows(dst.len(), src.len(), rows, width)?;
+        elementwise::copy_rows(dst, src, rows, width);
+        Ok(())
+    }
+
+    fn attention_decode(
+        &self,
+        out: &mut Vec<T>,
+        q: &Vec<T>,
+        k: &Vec<T>,
+        v: &Vec<T>,
+        first: &[u32],
+        last: &[u32],
+        heads: usize,
+        kv_heads: usize,
+        hd: usize,
+    ) -> Result<()> {
+        let lens = [out.len(), q.len(), k.len(), v.len()];
+        let d = DecodeDims::new(lens, first, last, heads, kv_heads, hd)?;
+        attention::decode(&d, out, q, k, v, first, last);
         Ok(())
     }
 

@@ -19,10 +19,12 @@
 //! stay f32); GEMMs take bf16 operands with an f32 or bf16 result.
 //! Files: `table.rs` (kernel signatures + emulator FFI), `emu.rs` (EmuDevice), `ops.rs` (the
 //! `Backend` impl), `attention.rs` (attention launches), `attn_tiles.rs` (their tile tables),
-//! `rope.rs`, `xent.rs` (cross-entropy).
+//! `decode.rs` (the KV cache's row copy and decoding attention), `rope.rs`, `xent.rs`
+//! (cross-entropy).
 
 mod attention; // attention_forward, attention_backward: checks, grids, the three backward launches
 mod attn_tiles; // attention tile tables (CUDA-core and tensor-core kernels), which family a call takes
+mod decode; // copy_rows, attention_decode: the KV cache's write and decoding attention
 mod emu; // EmuDevice, EmuBuf: the kernel emulator as a device
 mod ops; // impl Backend for KernelBackend
 mod rope; // rope: checks, positions upload, one launch
@@ -293,12 +295,18 @@ enum Meta {
     Targets,
     /// `sum_squares_each`'s partial offsets per tensor (the same list every step).
     NormOffsets,
+    /// `copy_rows`' destination rows.
+    Rows,
+    /// `attention_decode`'s first cache row per query.
+    First,
+    /// `attention_decode`'s last key position per query.
+    Last,
 }
 
 /// Device buffers reused across calls: the metadata cache and grow-only workspaces.
 struct State<B> {
     /// `(host copy, device copy)` per [`Meta`] slot.
-    meta: [Option<(Vec<i32>, B)>; 5],
+    meta: [Option<(Vec<i32>, B)>; 8],
     /// f32 `[n, heads]` attention backward's `D = rowsum(dout∘out)`.
     dsum: Option<B>,
     /// f32 `[rows, vocab]` cross-entropy logits of one chunk.
@@ -342,7 +350,7 @@ impl<D: KernelDevice> KernelBackend<D> {
         KernelBackend {
             dev,
             state: Arc::new(Mutex::new(State {
-                meta: [None, None, None, None, None],
+                meta: std::array::from_fn(|_| None),
                 dsum: None,
                 logits: None,
                 losses: None,

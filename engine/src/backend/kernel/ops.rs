@@ -1,8 +1,8 @@
 //! `impl Backend for KernelBackend<D>`: each op checks its arguments the way the CPU backend
 //! does (same lengths, same errors on bad ids and probabilities), picks the `{op}_{dtype}`
 //! kernel and its launch shape from the comment above the kernel in kernels/, and launches it
-//! on the device. Attention lives in attention.rs, RoPE in rope.rs and cross-entropy in
-//! xent.rs; GEMMs go to the device. Neighbours: mod.rs (the device trait, state), the kernels
+//! on the device. Attention lives in attention.rs, cached decoding in decode.rs, RoPE in
+//! rope.rs and cross-entropy in xent.rs; GEMMs go to the device. Neighbours: mod.rs (the device trait, state), the kernels
 //! in kernels/{elementwise,rmsnorm,swiglu,embedding,norm,adamw}.cu.
 
 use super::BLOCK_THREADS;
@@ -569,6 +569,25 @@ impl<D: KernelDevice> Backend for KernelBackend<D> {
             lse,
         };
         self.attn_backward(&d, grads, saved, starts)
+    }
+
+    fn copy_rows(&self, dst: &mut D::Buf, src: &D::Buf, rows: &[u32], width: usize) -> Result<()> {
+        self.copy_rows_op(dst, src, rows, width)
+    }
+
+    fn attention_decode(
+        &self,
+        out: &mut D::Buf,
+        q: &D::Buf,
+        k: &D::Buf,
+        v: &D::Buf,
+        first: &[u32],
+        last: &[u32],
+        heads: usize,
+        kv_heads: usize,
+        hd: usize,
+    ) -> Result<()> {
+        self.attention_decode_op(out, q, k, v, first, last, heads, kv_heads, hd)
     }
 
     fn swiglu_forward(&self, out: &mut D::Buf, gate: &D::Buf, up: &D::Buf) -> Result<()> {
