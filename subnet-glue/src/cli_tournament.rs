@@ -5,8 +5,8 @@
 //! them through the validator on tasks made from one dataset per task kind (instruct: the
 //! cached alpaca demo; dpo: the cached dpo_en_demo, read as-is through the ShareGPT DPO
 //! mapping; grpo: examples/grpo-prompts.json with the mapping of examples/grpo-smollm2.toml
-//! and short generations, only when asked; `--task-kinds` picks the kinds, by default
-//! instruct and dpo, dpo when its data resolves)
+//! and short generations; `--task-kinds` picks the kinds, by default all three, dpo and grpo
+//! each when its data resolves)
 //! with the cached SmolLM2 model, prints every match as it is decided (the
 //! bracket, per-task losses), the winner, then the weights (tournament pools, u16) set on the
 //! database's local chain and the emission of the epoch that follows. Killed, it resumes
@@ -102,10 +102,8 @@ pub struct RunArgs {
         default_value = r#"{"num_generations": 4, "max_new_tokens": 12}"#
     )]
     grpo_settings: String,
-    /// Task kinds matches are drawn from (comma-separated: instruct, dpo, grpo); default
-    /// instruct and dpo (dpo when its data resolves). grpo is opt-in: GRPO training and
-    /// evaluation generate completions (KV-cached), which still costs more than an SFT task
-    /// on a CPU (BENCHMARKS.md, "KV cache for generation").
+    /// Task kinds matches are drawn from (comma-separated: instruct, dpo, grpo); default all
+    /// three, dpo and grpo each when its data resolves (the reason is printed otherwise).
     #[arg(long, value_delimiter = ',')]
     task_kinds: Option<Vec<String>>,
     /// Training tokens each method may spend per task.
@@ -168,7 +166,7 @@ fn parse_mapping(flag: &str, text: &str, kind: &str) -> anyhow::Result<Mapping> 
 }
 
 /// The task sources of `a`: instruct from `--data`, dpo from `--dpo-data`, grpo from
-/// `--grpo-data`, for the kinds asked (default: instruct and dpo, dpo only when its data
+/// `--grpo-data`, for the kinds asked (default: all three, dpo and grpo only when their data
 /// resolves; the reason is printed otherwise).
 fn task_sources(a: &RunArgs) -> anyhow::Result<Vec<TaskSource>> {
     let kinds: Vec<TaskKind> = match &a.task_kinds {
@@ -183,7 +181,7 @@ fn task_sources(a: &RunArgs) -> anyhow::Result<Vec<TaskSource>> {
             anyhow::ensure!(!k.is_empty(), "--task-kinds: name at least one kind");
             k
         }
-        None => vec![TaskKind::Instruct, TaskKind::Dpo],
+        None => vec![TaskKind::Instruct, TaskKind::Dpo, TaskKind::Grpo],
     };
     let mut out = Vec::new();
     for kind in kinds {
@@ -225,8 +223,8 @@ fn task_sources(a: &RunArgs) -> anyhow::Result<Vec<TaskSource>> {
             });
         let dataset = match found {
             Ok(p) => p,
-            Err(e) if a.task_kinds.is_none() && kind == TaskKind::Dpo => {
-                println!("dpo tasks off: {flag} {}: {e}", data.display());
+            Err(e) if a.task_kinds.is_none() && kind != TaskKind::Instruct => {
+                println!("{kind} tasks off: {flag} {}: {e}", data.display());
                 continue;
             }
             Err(e) => anyhow::bail!("{flag}: {e}"),

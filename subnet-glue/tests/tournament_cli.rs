@@ -1,8 +1,9 @@
 //! `gradients tournament run`'s task-source flags, without assets: `--task-kinds` refuses
 //! unknown kinds and takes grpo only with its data, `--grpo-mapping` and `--grpo-settings`
 //! are checked with the field named, `--dpo-mapping` must be a DPO mapping, an explicit dpo kind needs
-//! its data, and by default a missing DPO dataset turns dpo tasks off with a printed reason
-//! (the run then goes on to load the model, which fails here on purpose).
+//! its data, and by default (all three kinds) a missing DPO dataset or GRPO prompt file turns
+//! that kind off with a printed reason (the run then goes on to load the model, which fails
+//! here on purpose).
 
 use std::path::Path;
 use std::process::Command;
@@ -84,7 +85,7 @@ fn task_source_flags_are_checked_before_anything_runs() {
         "{out}"
     );
     // default kinds: the missing DPO data turns dpo off, instruct goes on (to the model)
-    let (ok, out) = run(d, &["--dpo-data", m]);
+    let (ok, out) = run(d, &["--dpo-data", m, "--grpo-data", m]);
     assert!(!ok, "{out}");
     assert!(
         out.contains("dpo tasks off") && out.contains("instruct tasks from"),
@@ -92,6 +93,16 @@ fn task_source_flags_are_checked_before_anything_runs() {
     );
     assert!(!out.contains("dpo tasks from"), "{out}");
     assert!(out.contains("no-model.gguf"), "{out}");
+    // grpo is a default kind too: off without its prompts, on with them
+    assert!(
+        out.contains("grpo tasks off") && !out.contains("grpo tasks from"),
+        "{out}"
+    );
+    let (_, out) = run(d, &["--dpo-data", m, "--grpo-data", pr]);
+    assert!(
+        out.contains("grpo tasks from") && out.contains("prompts.json"),
+        "{out}"
+    );
     // a DPO mapping without the tag is read as dpo; the DPO file is used when it exists
     let pairs = d.join("pairs.json");
     std::fs::write(&pairs, "[]").unwrap();
