@@ -29,6 +29,7 @@ echo "== the fine-tuned adapter answers"
     --prompt "Give three tips for staying healthy." --max-tokens 48
 
 echo "== a local tournament: three methods (examples/methods), same engine, seed and token budget,"
-echo "   on instruct (alpaca) and DPO (dpo_en_demo) tasks; evaluation at 512 tokens keeps it a demo"
+echo "   on instruct (alpaca), DPO (dpo_en_demo) and GRPO (examples/grpo-prompts.json) tasks;"
+echo "   evaluation at 512 tokens keeps it a demo"
 "$G" tournament run --db target/demo-tournament.db --methods examples/methods --eval-seq-len 512
 "$G" chain metagraph --db target/demo-tournament.db
