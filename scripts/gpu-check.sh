@@ -17,7 +17,9 @@
 #                                relative) and vs cuda bf16 (within 3e-2), each pair of cuda runs
 #                                bit-identical, tokens/s of each; then, when torch + peft import,
 #                                scripts/compare/run.sh in GPU mode, bf16 on both sides
-#                                (train/eval tokens/s, GPU memory, MFU vs PEFT).
+#                                (train/eval tokens/s, GPU memory, MFU vs PEFT). Between the two,
+#                                the criterion op benches on the GPU (short runs; per-op times for
+#                                f32 and bf16 storage, the tensor-core attention included).
 #                                The model: the cached SmolLM2 GGUF when present, else a
 #                                SmolLM2-shaped model with seeded random weights made on the spot
 #                                (scripts/compare/random_smollm2.py: same shapes, so the same
@@ -44,6 +46,11 @@ build() {
     done
     cargo build --workspace --features cuda --bin gradients -q
     cp "${CARGO_TARGET_DIR:-target}/debug/gradients" "$BIN/gradients"
+    # The criterion op benches (release), for per-kernel GPU timings.
+    exe=$(cargo bench --features cuda --bench ops --no-run --message-format=json 2>/dev/null |
+        jq -r 'select(.executable != null and .target.name == "ops") | .executable' | tail -1)
+    [ -n "$exe" ] || { echo "gpu-check: building bench ops failed" >&2; exit 1; }
+    cp "$exe" "$BIN/ops"
     strip "$BIN"/* 2>/dev/null || true
     # The tokenizer and the data, for the GPU machine (the model itself cannot travel).
     local py=$PYTHON
@@ -120,6 +127,9 @@ print(f"cuda f32 runs bit-identical: {same}; worst cpu/cuda loss difference {wor
 print(f"cuda bf16 runs bit-identical: {same_bf}; worst cpu/bf16 loss difference {worst_bf:.2e} (limit 3e-2)")
 sys.exit(0 if same and same_bf and worst <= 1e-2 and worst_bf <= 3e-2 else 1)
 PY
+    echo "== criterion: the ops on the GPU (cuda_ benches, f32 and bf16 storage; short runs)"
+    "$BIN/ops" --bench cuda_ --warm-up-time 0.5 --measurement-time 1 --noplot 2>&1 |
+        grep -E "^cuda_|time:|thrpt:|skipped" || failed=1
     if "$PYTHON" -c "import torch, peft, transformers" 2>/dev/null; then
         echo "== vs PyTorch + PEFT on the GPU (bf16), batch 8 x seq 1024, 10 steps"
         DEVICE=cuda GRADIENTS_BIN=$BIN/gradients MODEL=$MODEL PYTHON=$PYTHON \
