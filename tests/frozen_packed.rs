@@ -68,34 +68,33 @@ fn pack(t: &Tensor, ty: GgmlType) -> Frozen {
 fn packed_and_dense(cfg: &ModelConfig) -> (ModelWeights, ModelWeights) {
     let mut packed = random_weights(cfg, 17);
     for l in &mut packed.layers {
+        // in Target order: q, k, v, o, gate, up, down
         let encodings = [
-            (&mut l.wq, GgmlType::Q4_1),
-            (&mut l.wk, GgmlType::Q4_1),
-            (&mut l.wv, GgmlType::Q8_0),
-            (&mut l.wo, GgmlType::Q4_0),
-            (&mut l.w_gate, GgmlType::Q4_1),
-            (&mut l.w_up, GgmlType::Q8_0),
-            (&mut l.w_down, GgmlType::BF16),
+            GgmlType::Q4_1,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::BF16,
         ];
-        for (w, ty) in encodings {
+        for (w, ty) in l.linears_mut().into_iter().zip(encodings) {
             *w = pack(&w.to_tensor(), ty);
         }
     }
-    let mut dense = packed.clone();
+    let dense = dense_twin(&packed);
+    (packed, dense)
+}
+
+/// `w` with every Linear weight stored dense (the same values).
+fn dense_twin(w: &ModelWeights) -> ModelWeights {
+    let mut dense = w.clone();
     for l in &mut dense.layers {
-        for w in [
-            &mut l.wq,
-            &mut l.wk,
-            &mut l.wv,
-            &mut l.wo,
-            &mut l.w_gate,
-            &mut l.w_up,
-            &mut l.w_down,
-        ] {
-            *w = Frozen::from(w.to_tensor());
+        for f in l.linears_mut() {
+            *f = Frozen::from(f.to_tensor());
         }
     }
-    (packed, dense)
+    dense
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -185,7 +184,7 @@ fn smollm2_packed_equals_its_dense_twin() {
     let linears = |w: &ModelWeights| -> (usize, usize) {
         let mut n = (0, 0);
         for l in &w.layers {
-            for f in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+            for f in l.linears() {
                 n.0 += f.stored_bytes();
                 n.1 += usize::from(f.is_packed());
             }
@@ -195,20 +194,7 @@ fn smollm2_packed_equals_its_dense_twin() {
     let (bytes, count) = linears(&m.weights);
     assert_eq!(count, 210);
     assert_eq!(bytes, 106_168_320 / 32 * 20, "Q4_1: 20 bytes per 32 values");
-    let mut dense = m.weights.clone();
-    for l in &mut dense.layers {
-        for w in [
-            &mut l.wq,
-            &mut l.wk,
-            &mut l.wv,
-            &mut l.wo,
-            &mut l.w_gate,
-            &mut l.w_up,
-            &mut l.w_down,
-        ] {
-            *w = Frozen::from(w.to_tensor());
-        }
-    }
+    let dense = dense_twin(&m.weights);
     assert_eq!(linears(&dense), (106_168_320 * 4, 0));
     let ids: Vec<u32> = (0..40).map(|i| (i * 977 + 11) % 49_152).collect();
     let labels: Vec<i32> = ids.iter().map(|&i| i as i32).collect();

@@ -79,13 +79,9 @@ pub struct ModelWeights {
 }
 
 impl LayerWeights {
-    /// Number of values of every tensor of the block (biases included when present).
-    pub fn num_params(&self) -> usize {
-        let dense = [&self.attn_norm, &self.mlp_norm]
-            .into_iter()
-            .chain([&self.bq, &self.bk, &self.bv].into_iter().flatten())
-            .map(Tensor::len);
-        let linears = [
+    /// The seven Linear weights, in `lora::Target` order (q, k, v, o, gate, up, down).
+    pub fn linears(&self) -> [&Frozen; 7] {
+        [
             &self.wq,
             &self.wk,
             &self.wv,
@@ -93,8 +89,29 @@ impl LayerWeights {
             &self.w_gate,
             &self.w_up,
             &self.w_down,
-        ];
-        dense.sum::<usize>() + linears.into_iter().map(Frozen::len).sum::<usize>()
+        ]
+    }
+
+    /// [`LayerWeights::linears`], mutable.
+    pub fn linears_mut(&mut self) -> [&mut Frozen; 7] {
+        [
+            &mut self.wq,
+            &mut self.wk,
+            &mut self.wv,
+            &mut self.wo,
+            &mut self.w_gate,
+            &mut self.w_up,
+            &mut self.w_down,
+        ]
+    }
+
+    /// Number of values of every tensor of the block (biases included when present).
+    pub fn num_params(&self) -> usize {
+        let dense = [&self.attn_norm, &self.mlp_norm]
+            .into_iter()
+            .chain([&self.bq, &self.bk, &self.bv].into_iter().flatten())
+            .map(Tensor::len);
+        dense.sum::<usize>() + self.linears().into_iter().map(Frozen::len).sum::<usize>()
     }
 }
 
