@@ -4,7 +4,8 @@
 //! reported in FLOP (GEMM, attention, cross-entropy) or values, so the fraction of the matmul
 //! or memory ceiling reads directly off the output.
 //!
-//! Every bench runs on the CPU backend (ids as before: `gemm/…`) and, built with the `cuda`
+//! Every bench runs on the CPU backend (ids as before: `gemm/…`), the `gemm_weight` and
+//! cross-entropy ones also in its bf16 mode on AVX512_BF16 CPUs (`cpu_bf16_gemm_weight/…`), and, built with the `cuda`
 //! feature on a machine with a usable GPU, on the CUDA backend (`cuda_gemm/…`), where the
 //! GEMMs, elementwise ops, RMSNorm and attention also run on bf16 storage (`…_bf16`); each
 //! timed GPU iteration ends with a synchronising read-back (benches/support).
@@ -121,6 +122,34 @@ fn attention<B: BenchBackend>(c: &mut Criterion, t: &Target<B>) {
                     heads, kvh, hd,
                 )
                 .unwrap();
+                t.sync();
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The frozen-weight products through `gemm_weight` (the op the model's Linears use): the
+/// forward `X·Wᵀ` and the input gradient `dY·W` at SmolLM2's MLP shape. Throughput in FLOP.
+fn weight_gemms<B: BenchBackend>(c: &mut Criterion, t: &Target<B>) {
+    use gradients_engine::model::Frozen;
+    use gradients_engine::Tensor;
+    let mut g = t.group(c, "gemm_weight");
+    g.sample_size(20);
+    let (m, rows, cols) = (1024, 1536, 576);
+    let w = Frozen::from(Tensor::new(vec![rows, cols], data(rows * cols, 3)).unwrap());
+    let w = t.be.upload_weight(&w).unwrap();
+    for (name, trans_w, k, n) in [
+        ("smollm_up_fwd_1024x1536x576", true, cols, rows),
+        ("smollm_up_bwd_1024x576x1536", false, rows, cols),
+    ] {
+        let a = t.up(DType::F32, &data(m * k, 4));
+        let mut out = t.up(DType::F32, &vec![0.0; m * n]);
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_function(name, |bench| {
+            bench.iter(|| {
+                t.be.gemm_weight(&mut out, &a, &w, m, trans_w, 1.0, 0.0)
+                    .unwrap();
                 t.sync();
             })
         });
@@ -257,6 +286,7 @@ fn grad_norm<B: BenchBackend>(c: &mut Criterion, t: &Target<B>) {
 /// Every bench on `t`.
 fn on<B: BenchBackend>(c: &mut Criterion, t: &Target<B>) {
     gemms(c, t);
+    weight_gemms(c, t);
     attention(c, t);
     cross_entropy(c, t);
     elementwise_rmsnorm(c, t);
@@ -265,6 +295,11 @@ fn on<B: BenchBackend>(c: &mut Criterion, t: &Target<B>) {
 
 fn all(c: &mut Criterion) {
     on(c, &support::cpu());
+    // the bf16 mode changes the frozen-weight and lm_head products only
+    if let Some(bf16) = support::cpu_bf16() {
+        weight_gemms(c, &bf16);
+        cross_entropy(c, &bf16);
+    }
     if let Some(emu) = support::emu() {
         on(c, &emu);
     }

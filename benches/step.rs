@@ -1,6 +1,7 @@
 //! Criterion benches of one LoRA training step (forward, backward, AdamW) and of forward-only
 //! evaluation on the real SmolLM2-135M at batch 4 × seq 256 — the settings of
-//! scripts/compare/torch_peft.py — on the CPU backend (`smollm2_135m_4x256/…`) and, built
+//! scripts/compare/torch_peft.py — on the CPU backend (`smollm2_135m_4x256/…`), in its bf16
+//! mode on AVX512_BF16 CPUs (`cpu_bf16_smollm2_135m_4x256/…`) and, built
 //! with the `cuda` feature on a machine with a usable GPU, on the CUDA backend
 //! (`cuda_smollm2_135m_4x256/…`; f32 weights, as the trainer stores them; each timed step
 //! ends with a synchronising read-back, benches/support). Skips (printing why) when the model
@@ -75,6 +76,9 @@ fn step(c: &mut Criterion) {
         }
     };
     step_on(c, &support::cpu(), &path);
+    if let Some(bf16) = support::cpu_bf16() {
+        step_on(c, &bf16, &path);
+    }
     #[cfg(feature = "cuda")]
     if let Some(gpu) = support::cuda() {
         step_on(c, &gpu, &path);

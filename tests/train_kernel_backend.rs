@@ -4,7 +4,8 @@
 //! kernels cover) with the letter tokenizer and an in-code instruct dataset, two steps of two
 //! accumulated micro-batches with LoRA dropout, then the test evaluation. Step losses,
 //! gradient norms and the final test loss agree within tolerance, and the final adapters
-//! within a fraction of one AdamW step. Run: `cargo test --test train_kernel_backend`.
+//! within a fraction of one AdamW step. The CPU backend's own bf16 mode (bf16 products on
+//! AVX512_BF16) is held to the same f32 run. Run: `cargo test --test train_kernel_backend`.
 
 mod common;
 
@@ -53,6 +54,13 @@ fn run<B: Backend + Clone>(be: B, data: &Path, out: &Path) -> (Vec<StepRecord>, 
     (steps, s.final_test_loss.unwrap(), lw)
 }
 
+/// The bits of each step's loss and gradient norm.
+fn key(s: &[StepRecord]) -> Vec<(u64, u64)> {
+    s.iter()
+        .map(|r| (r.loss.to_bits(), r.grad_norm.to_bits()))
+        .collect()
+}
+
 /// How far a kernel-backend run may be from the CPU run: step losses and the test loss
 /// relative, gradient norms relative, and the adapter.
 struct Tol {
@@ -71,13 +79,12 @@ enum AdapterTol {
     RelL2(f64),
 }
 
-/// Trains on the CPU backend and on `be` (over the emulator) and compares within `tol`;
-/// returns the kernel run.
-fn matches_cpu(be: KernelBackend<EmuDevice>, tol: Tol) -> (Vec<StepRecord>, f64, LoraWeights) {
+/// Trains on the CPU backend in f32 and on `be` and compares within `tol`; returns `be`'s run.
+fn matches_cpu<B: Backend + Clone>(be: B, tol: Tol) -> (Vec<StepRecord>, f64, LoraWeights) {
     let dir = tempfile::tempdir().unwrap();
     let data = write_animal_dataset(dir.path(), 6, 24);
     let (cs, ct, cw) = run(CpuBackend::<f32>::new(), &data, &dir.path().join("cpu"));
-    let (ks, kt, kw) = run(be, &data, &dir.path().join("emu"));
+    let (ks, kt, kw) = run(be, &data, &dir.path().join("other"));
     assert_eq!(cs.len(), 2);
     assert_eq!(ks.len(), cs.len());
     for (k, c) in ks.iter().zip(&cs) {
@@ -148,11 +155,6 @@ fn bf16_training_tracks_the_cpu_backend_and_repeats() {
     let dir = tempfile::tempdir().unwrap();
     let data = write_animal_dataset(dir.path(), 6, 24);
     let (s2, t2, w2) = run(bf16(), &data, &dir.path().join("again"));
-    let key = |s: &[StepRecord]| {
-        s.iter()
-            .map(|r| (r.loss.to_bits(), r.grad_norm.to_bits()))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(key(&s1), key(&s2), "bf16 steps differ between runs");
     assert_eq!(
         t1.to_bits(),
@@ -166,5 +168,43 @@ fn bf16_training_tracks_the_cpu_backend_and_repeats() {
         &data,
         &dir.path().join("f32"),
     );
+    assert_ne!(key(&sf), key(&s1), "bf16 run equals the f32 run");
+}
+
+/// The CPU backend's bf16 mode (frozen-weight and lm_head products bf16 × bf16 → f32 on
+/// AVX512_BF16) tracks its f32 run within bf16's rounding, repeats bit for bit on 1 and 3
+/// threads, and differs from f32 (the mode took effect).
+#[test]
+fn cpu_bf16_products_track_f32_and_repeat_on_any_thread_count() {
+    let Ok(bf16) = CpuBackend::<f32>::with_precision(Precision::Bf16) else {
+        assert!(!gradients_engine::backend::cpu::bf16_available());
+        eprintln!("skipped: this CPU has no AVX512_BF16 (the CPU bf16 mode cannot run here)");
+        return;
+    };
+    assert_eq!(bf16.precision(), Precision::Bf16);
+    let tol = Tol {
+        loss: 1e-2,
+        grad_norm: 5e-2,
+        adapter: AdapterTol::RelL2(0.3),
+    };
+    let (s1, t1, w1) = matches_cpu(bf16.clone(), tol);
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_animal_dataset(dir.path(), 6, 24);
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let out = dir.path().join(format!("t{threads}"));
+        let (s2, t2, w2) = pool.install(|| run(bf16.clone(), &data, &out));
+        assert_eq!(key(&s1), key(&s2), "{threads} threads: bf16 steps differ");
+        assert_eq!(
+            t1.to_bits(),
+            t2.to_bits(),
+            "{threads} threads: test loss differs"
+        );
+        assert_eq!(w1, w2, "{threads} threads: adapters differ");
+    }
+    let (sf, _, _) = run(CpuBackend::<f32>::new(), &data, &dir.path().join("f32"));
     assert_ne!(key(&sf), key(&s1), "bf16 run equals the f32 run");
 }

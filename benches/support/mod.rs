@@ -99,6 +99,19 @@ pub fn dtype_suffix(dtype: DType) -> &'static str {
     }
 }
 
+/// The CPU backend in its bf16 mode (`cpu_bf16_…`: frozen-weight and lm_head products
+/// bf16 × bf16 → f32), or `None` after a line saying why (no AVX512_BF16).
+#[allow(dead_code)] // each bench binary compiles this module; not every one uses this
+pub fn cpu_bf16() -> Option<Target<CpuBackend>> {
+    match CpuBackend::with_precision(gradients_engine::backend::Precision::Bf16) {
+        Ok(be) => Some(Target::new("cpu_bf16_", be)),
+        Err(e) => {
+            eprintln!("CPU bf16 benches skipped: {e}");
+            None
+        }
+    }
+}
+
 /// The CPU backend.
 pub fn cpu() -> Target<CpuBackend> {
     Target::new("", CpuBackend::new())

@@ -5,6 +5,8 @@
 #
 # CPU (default): fp32, THREADS threads on both sides; builds the release binary.
 #   PYTHON=/path/to/python-with-torch bash scripts/compare/run.sh [BATCH] [SEQ] [STEPS] [THREADS]
+# CPU in bf16 (DTYPE=bf16; needs AVX512_BF16 for the engine): torch loads the model in bf16,
+# the engine runs `--precision bf16` (bf16 x bf16 -> f32 frozen-weight and lm_head products).
 # GPU: DEVICE=cuda (torch in DTYPE, default bf16; the engine on its CUDA backend in the same
 # precision; GPU memory compared as gpu_used_mib, total - free after each step). A GPU
 # machine may have no Rust toolchain: GRADIENTS_BIN=path/to/gradients (built elsewhere)
@@ -22,10 +24,10 @@ if [ -z "${GRADIENTS_BIN:-}" ]; then
     cargo build --release -q -p gradients-subnet
     GRADIENTS_BIN=target/release/gradients
 fi
-dev_args=()
-# On a GPU the engine runs in the precision torch runs in (bf16: mixed precision, bf16
+dev_args=(--precision "$([ "$DTYPE" = bf16 ] && echo bf16 || echo f32)")
+# The engine runs in the precision torch runs in (on a GPU, bf16: mixed precision, bf16
 # weights/activations, tensor-core GEMMs, f32 LoRA + AdamW; fp32: f32 throughout).
-[ "$DEVICE" = cpu ] || dev_args=(--device "$DEVICE" --precision "$([ "$DTYPE" = bf16 ] && echo bf16 || echo f32)")
+[ "$DEVICE" = cpu ] || dev_args+=(--device "$DEVICE")
 ours="$("$GRADIENTS_BIN" bench --model "$MODEL" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --threads "$THREADS" "${dev_args[@]}")"
 echo "$ours"
 theirs="$(OMP_NUM_THREADS="$THREADS" "$PYTHON" scripts/compare/torch_peft.py --model "$MODEL" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --threads "$THREADS" --device "$DEVICE" --dtype "$DTYPE" 2>/dev/null | tail -n 1)"

@@ -14,8 +14,9 @@ pub struct RunArgs {
     /// Where to run: `cpu`, `cuda` or `cuda:N` (falls back to the CPU, saying why).
     #[arg(long, default_value = "cpu")]
     device: Device,
-    /// Storage of activations and frozen weights: `f32` (the reference) or `bf16` (mixed
-    /// precision on `--device cuda`: bf16 GEMMs with f32 accumulation, f32 LoRA and AdamW).
+    /// `f32` (the reference) or `bf16`: on `--device cuda` mixed precision (bf16 storage and
+    /// GEMMs with f32 accumulation, f32 LoRA and AdamW); on the CPU, with AVX512_BF16, the
+    /// frozen-weight and lm_head products in bf16 with f32 accumulation, the rest f32.
     #[arg(long, default_value = "f32")]
     precision: Precision,
     /// CPU threads (0 = all cores). Results do not depend on it.
@@ -54,9 +55,10 @@ impl RunArgs {
                 "GRADIENTS_REQUIRE_GPU=1 and the requested device cannot run: {why}"
             );
             eprintln!("{why}");
-            if self.precision != Precision::F32 {
+            if self.precision != Precision::F32 && !gradients_engine::backend::cpu::bf16_available()
+            {
                 eprintln!(
-                    "precision {}: the CPU backend computes in f32",
+                    "precision {}: this CPU has no AVX512_BF16, so the CPU backend computes in f32",
                     self.precision
                 );
                 return Ok(device.into());

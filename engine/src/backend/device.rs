@@ -5,7 +5,7 @@
 //! index out of range, an old driver or a GPU older than sm_80.
 //!
 //! [`run_on`] runs a [`BackendTask`] (work generic over the backend: training, evaluation)
-//! on the backend of a device, in a [`Precision`] (f32, or bf16 on the kernel backend).
+//! on the backend of a device, in a [`Precision`] (f32, or bf16: mixed precision on the kernel backend, bf16 products on an AVX512_BF16 CPU).
 //!
 //! Always compiled and free of cudarc types; with the `cuda` feature the checks are done by
 //! `backend::cuda::probe` (dlopen checks first, then cudarc guarded against panics, so
@@ -80,11 +80,13 @@ pub enum Precision {
     /// it within float-reordering tolerance).
     #[default]
     F32,
-    /// Mixed precision on the kernel backend: frozen weights, activations and activation
+    /// Mixed precision. On the kernel backend: frozen weights, activations and activation
     /// gradients stored in bf16, every GEMM bf16 × bf16 with f32 accumulation, kernels
     /// accumulating in f32; LoRA `A`/`B` multiplied through bf16 copies refreshed after each
     /// update (as autocast would), their gradients and AdamW in f32. Halves the frozen
-    /// weights' and activations' memory and runs the GEMMs on tensor cores.
+    /// weights' and activations' memory and runs the GEMMs on tensor cores. On the CPU
+    /// backend (AVX512_BF16 CPUs): storage stays f32 and the frozen-weight and lm_head
+    /// products, most of the FLOPs, run bf16 × bf16 → f32 at twice the f32 GEMM rate.
     Bf16,
 }
 
@@ -168,21 +170,14 @@ pub trait BackendTask {
     fn run<B: Backend + Clone>(self, be: B) -> Result<Self::Output>;
 }
 
-/// Runs `task` on the backend of `at.device` in `at.precision`: the CPU backend (f32 only:
-/// bf16 there is an error saying so), or with the `cuda` feature the CUDA backend on GPU N
+/// Runs `task` on the backend of `at.device` in `at.precision`: the CPU backend (bf16 there
+/// needs AVX512_BF16, see `CpuBackend::with_precision`; an error saying so without it), or with the `cuda` feature the CUDA backend on GPU N
 /// (an error naming what is missing when it cannot be opened; pass a device from [`resolve`]
 /// to fall back to the CPU instead). Without the feature a CUDA device is an error.
 pub fn run_on<T: BackendTask>(at: impl Into<Placement>, task: T) -> Result<T::Output> {
     let Placement { device, precision } = at.into();
     match device {
-        Device::Cpu => {
-            if precision != Precision::F32 {
-                return Err(Error::unsupported(format!(
-                    "precision {precision}: the CPU backend computes in f32 only (bf16 runs on `--device cuda`)"
-                )));
-            }
-            task.run(CpuBackend::<f32>::new())
-        }
+        Device::Cpu => task.run(CpuBackend::<f32>::with_precision(precision)?),
         #[cfg(feature = "cuda")]
         Device::Cuda(n) => task.run(super::cuda::CudaBackend::on_gpu(n)?.with_precision(precision)),
         #[cfg(not(feature = "cuda"))]
@@ -218,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn precision_parses_and_the_cpu_refuses_bf16() {
+    fn precision_parses_and_the_cpu_runs_bf16_only_with_avx512_bf16() {
         for p in [Precision::F32, Precision::Bf16] {
             assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
         }
@@ -227,18 +222,29 @@ mod tests {
         assert!(e.contains("`f16`") && e.contains("bf16"), "{e}");
         struct Name;
         impl BackendTask for Name {
-            type Output = String;
-            fn run<B: Backend + Clone>(self, be: B) -> Result<String> {
-                Ok(be.name())
+            type Output = (String, Precision);
+            fn run<B: Backend + Clone>(self, be: B) -> Result<(String, Precision)> {
+                Ok((be.name(), be.precision()))
             }
         }
-        assert_eq!(run_on(Device::Cpu, Name).unwrap(), "cpu");
+        assert_eq!(
+            run_on(Device::Cpu, Name).unwrap(),
+            ("cpu".to_string(), Precision::F32)
+        );
         let bf16 = Placement {
             device: Device::Cpu,
             precision: Precision::Bf16,
         };
         assert_eq!(bf16.to_string(), "cpu (bf16)");
-        let e = run_on(bf16, Name).unwrap_err().to_string();
-        assert!(e.contains("f32 only"), "{e}");
+        match run_on(bf16, Name) {
+            Ok(got) => {
+                assert!(crate::backend::cpu::gemm_bf16::available());
+                assert_eq!(got, ("cpu".to_string(), Precision::Bf16));
+            }
+            Err(e) => {
+                assert!(!crate::backend::cpu::gemm_bf16::available());
+                assert!(e.to_string().contains("AVX512_BF16"), "{e}");
+            }
+        }
     }
 }

@@ -70,9 +70,11 @@ pub trait Backend: Send + Sync {
     // The model stores its frozen weights and every activation (and activation gradient) in
     // the backend's compute precision, and keeps what must stay exact in f32: LoRA
     // parameters, their gradients and optimiser state, RMSNorm's 1/rms, attention's
-    // log-sum-exp, losses. The CPU backend computes in f32 only, so for it these are
+    // log-sum-exp, losses. The CPU backend stores f32 only (its bf16 mode rounds the operands
+    // of the frozen-weight and lm_head products inside the GEMM), so for it these are
     // `alloc`, `upload` and `copy`.
-    /// The precision activations and frozen weights are stored in.
+    /// The compute precision: what activations and frozen weights are stored in on the kernel
+    /// backend; on the CPU backend, whether its bf16 products are on.
     fn precision(&self) -> Precision {
         Precision::F32
     }

@@ -87,6 +87,52 @@ impl<T: Real> CpuWeight<T> {
         })
     }
 
+    /// [`CpuWeight::gemm`] with bf16 operands and f32 accumulation (`gemm_bf16.rs`); the
+    /// caller has checked that the CPU has AVX512_BF16.
+    pub(crate) fn gemm_bf16(
+        &self,
+        c: &mut [f32],
+        a: &[f32],
+        m: usize,
+        trans_w: bool,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        let g = self.check(c.len(), a.len(), m, trans_w)?;
+        self.with_values(|w| {
+            let w = super::as_f32(w).expect("the bf16 mode is f32 only");
+            super::gemm_bf16::gemm(g, c, a, w, alpha, beta)
+        })
+    }
+
+    /// The product's dims after checking `c` and `a` (see [`CpuWeight::gemm`]).
+    fn check(&self, c_len: usize, a_len: usize, m: usize, trans_w: bool) -> Result<Gemm> {
+        let (rows, cols) = self.dims();
+        let (n, k) = if trans_w { (rows, cols) } else { (cols, rows) };
+        let dims = || format!("m={m}, W [{rows}, {cols}], trans_w={trans_w}");
+        check_len(
+            "gemm_weight",
+            "c",
+            c_len,
+            checked_size("gemm_weight", &[m, n])?,
+            dims,
+        )?;
+        check_len(
+            "gemm_weight",
+            "a",
+            a_len,
+            checked_size("gemm_weight", &[m, k])?,
+            dims,
+        )?;
+        Ok(Gemm {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: trans_w,
+        })
+    }
+
     /// `c = beta·c + alpha·a·op(W)`: `trans_w` → `a [m, cols]`, `c [m, rows]` (`X·Wᵀ`); else
     /// `a [m, rows]`, `c [m, cols]` (`dY·W`).
     pub fn gemm(
@@ -98,30 +144,7 @@ impl<T: Real> CpuWeight<T> {
         alpha: T,
         beta: T,
     ) -> Result<()> {
-        let (rows, cols) = self.dims();
-        let (n, k) = if trans_w { (rows, cols) } else { (cols, rows) };
-        let dims = || format!("m={m}, W [{rows}, {cols}], trans_w={trans_w}");
-        check_len(
-            "gemm_weight",
-            "c",
-            c.len(),
-            checked_size("gemm_weight", &[m, n])?,
-            dims,
-        )?;
-        check_len(
-            "gemm_weight",
-            "a",
-            a.len(),
-            checked_size("gemm_weight", &[m, k])?,
-            dims,
-        )?;
-        let g = Gemm {
-            m,
-            n,
-            k,
-            trans_a: false,
-            trans_b: trans_w,
-        };
+        let g = self.check(c.len(), a.len(), m, trans_w)?;
         self.with_values(|w| g.run(c, a, w, alpha, beta))
     }
 }

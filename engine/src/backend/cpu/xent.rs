@@ -13,6 +13,7 @@
 use rayon::prelude::*;
 
 use super::gemm::Gemm;
+use super::gemm_bf16::{gemm_packed, pack_b, PackedB};
 use super::simd::{exp_sub_sum, row_max, scale_row};
 use super::Real;
 use crate::error::{Error, Result};
@@ -31,7 +32,9 @@ pub(crate) struct Dims {
 }
 
 /// Per-token losses of `hidden [n, h] · lm_head [vocab, h]ᵀ` against `targets`, and when
-/// `dhidden` is given, `∂(loss_scale · Σ loss)/∂hidden` written into it.
+/// `dhidden` is given, `∂(loss_scale · Σ loss)/∂hidden` written into it. With `bf16` (f32
+/// only) the two lm_head products run bf16 × bf16 → f32 (`gemm_bf16.rs`), the lm_head packed
+/// once per call for each.
 /// Lengths must have been checked; targets are checked here.
 pub(crate) fn cross_entropy<T: Real>(
     dhidden: Option<&mut Vec<T>>,
@@ -40,6 +43,7 @@ pub(crate) fn cross_entropy<T: Real>(
     targets: &[i32],
     d: Dims,
     loss_scale: T,
+    bf16: bool,
 ) -> Result<Vec<f32>> {
     let Dims { n, h, vocab } = d;
     if let Some((i, &t)) = targets
@@ -53,12 +57,19 @@ pub(crate) fn cross_entropy<T: Real>(
         ));
     }
     let labelled: Vec<usize> = (0..n).filter(|&i| targets[i] != IGNORE).collect();
+    let head = match super::as_f32(lm_head) {
+        Some(w) if bf16 && !labelled.is_empty() => Head::Bf16 {
+            fwd: pack_b(w, vocab, h, true),
+            bwd: dhidden.is_some().then(|| pack_b(w, h, vocab, false)),
+        },
+        _ => Head::Dense(lm_head),
+    };
     if labelled.len() == n {
         let mut losses = vec![0.0f32; n];
         dense(
             dhidden.map(|v| v.as_mut_slice()),
             hidden,
-            lm_head,
+            &head,
             targets,
             &mut losses,
             d,
@@ -79,7 +90,7 @@ pub(crate) fn cross_entropy<T: Real>(
     dense(
         dxs.as_deref_mut(),
         &xs,
-        lm_head,
+        &head,
         &ts,
         &mut ls,
         Dims { n: m, h, vocab },
@@ -98,12 +109,74 @@ pub(crate) fn cross_entropy<T: Real>(
     Ok(losses)
 }
 
+/// The lm_head as the products read it.
+enum Head<'a, T> {
+    /// `[vocab, h]` values, multiplied in `T`.
+    Dense(&'a [T]),
+    /// Packed for the bf16 products: `fwd` for `hidden·lm_headᵀ`, `bwd` for `dz·lm_head`.
+    Bf16 { fwd: PackedB, bwd: Option<PackedB> },
+}
+
+impl<T: Real> Head<'_, T> {
+    /// `z [r, vocab] = x [r, h]·lm_headᵀ`.
+    fn logits(&self, z: &mut [T], x: &[T], r: usize, d: Dims) {
+        match self {
+            Head::Dense(w) => Gemm {
+                m: r,
+                n: d.vocab,
+                k: d.h,
+                trans_a: false,
+                trans_b: true,
+            }
+            .run(z, x, w, T::ONE, T::ZERO),
+            Head::Bf16 { fwd, .. } => gemm_packed(
+                f32s_mut(z),
+                super::as_f32(x).expect("f32"),
+                r,
+                fwd,
+                1.0,
+                0.0,
+            ),
+        }
+    }
+
+    /// `dx [r, h] = dz [r, vocab]·lm_head`.
+    fn input_grad(&self, dx: &mut [T], dz: &[T], r: usize, d: Dims) {
+        match self {
+            Head::Dense(w) => Gemm {
+                m: r,
+                n: d.h,
+                k: d.vocab,
+                trans_a: false,
+                trans_b: false,
+            }
+            .run(dx, dz, w, T::ONE, T::ZERO),
+            Head::Bf16 { bwd, .. } => {
+                let bwd = bwd.as_ref().expect("packed for the gradient");
+                gemm_packed(
+                    f32s_mut(dx),
+                    super::as_f32(dz).expect("f32"),
+                    r,
+                    bwd,
+                    1.0,
+                    0.0,
+                )
+            }
+        }
+    }
+}
+
+/// `s` as f32 (the bf16 head exists for f32 buffers only).
+fn f32s_mut<T: Real>(s: &mut [T]) -> &mut [f32] {
+    super::as_f32_mut(s).expect("the bf16 mode is f32 only")
+}
+
 /// The chunked computation over `d.n` rows, writing `losses` and, when given, every row of
 /// `dhidden` (rows with ignored targets get zeros).
 fn dense<T: Real>(
     mut dhidden: Option<&mut [T]>,
     hidden: &[T],
-    lm_head: &[T],
+    head: &Head<'_, T>,
     targets: &[i32],
     losses: &mut [f32],
     d: Dims,
@@ -119,34 +192,13 @@ fn dense<T: Real>(
         let rows = c0..c0 + r;
         c0 += r;
         let z = &mut logits[..r * vocab];
-        let x = &hidden[rows.start * h..rows.end * h];
-        Gemm {
-            m: r,
-            n: vocab,
-            k: h,
-            trans_a: false,
-            trans_b: true,
-        }
-        .run(z, x, lm_head, T::ONE, T::ZERO);
+        head.logits(z, &hidden[rows.start * h..rows.end * h], r, d);
         z.par_chunks_mut(vocab)
             .zip(tg.par_iter())
             .zip(losses[rows.clone()].par_iter_mut())
             .for_each(|((row, &t), loss)| row_softmax(row, t, want_grad, loss_scale, loss));
         if let Some(dh) = dhidden.as_deref_mut() {
-            Gemm {
-                m: r,
-                n: h,
-                k: vocab,
-                trans_a: false,
-                trans_b: false,
-            }
-            .run(
-                &mut dh[rows.start * h..rows.end * h],
-                z,
-                lm_head,
-                T::ONE,
-                T::ZERO,
-            );
+            head.input_grad(&mut dh[rows.start * h..rows.end * h], z, r, d);
         }
     }
 }
@@ -292,6 +344,74 @@ mod tests {
             let (l2, d2) = run(threads);
             assert!(same_bits(&l1, &l2), "{threads} threads");
             assert!(same_bits(&d1, &d2), "{threads} threads");
+        }
+    }
+
+    /// The bf16 mode: losses and gradients within bf16 rounding of f32, masked rows still 0,
+    /// and bit-identical on any thread count and whether or not other rows are masked.
+    #[test]
+    fn bf16_head_tracks_f32_and_repeats() {
+        let Ok(bf) = CpuBackend::<f32>::with_precision(crate::backend::Precision::Bf16) else {
+            eprintln!("skipped: this CPU has no AVX512_BF16 (the bf16 mode cannot run here)");
+            return;
+        };
+        let f32be = CpuBackend::<f32>::new();
+        let (n, h, vocab) = (ROWS + 37, 48, 700);
+        let mut rng = Rng(15);
+        let hidden = randn_f32(&mut rng, n * h);
+        let lm: Vec<f32> = randn_f32(&mut rng, vocab * h)
+            .iter()
+            .map(|x| x * 0.2)
+            .collect();
+        let mut tg = targets(&mut rng, n, vocab);
+        for i in (0..n).step_by(5) {
+            tg[i] = IGNORE;
+        }
+        let run = |be: &CpuBackend<f32>, tg: &[i32], threads| {
+            in_pool(threads, || {
+                let mut dh = vec![f32::NAN; n * h];
+                let l = be
+                    .cross_entropy(Some(&mut dh), &hidden, &lm, tg, n, h, vocab, 0.5)
+                    .unwrap();
+                (l, dh)
+            })
+        };
+        let (lf, df) = run(&f32be, &tg, 2);
+        let (lb, db) = run(&bf, &tg, 2);
+        let (mut dmax, mut gmax) = (0f32, 0f32);
+        for i in 0..n {
+            assert_eq!(lb[i] == 0.0, tg[i] == IGNORE, "row {i}");
+            dmax = dmax.max((lb[i] - lf[i]).abs() / lf[i].max(1.0));
+        }
+        for (x, y) in db.iter().zip(&df) {
+            gmax = gmax.max((x - y).abs());
+        }
+        let gscale = df.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(dmax < 2e-2, "loss differs from f32 by {dmax} (relative)");
+        assert!(dmax > 0.0, "the bf16 mode computed in f32");
+        assert!(
+            gmax < 3e-2 * gscale,
+            "gradient differs from f32 by {gmax} (max |g| {gscale})"
+        );
+        for threads in [1, 3] {
+            let (l, d) = run(&bf, &tg, threads);
+            assert!(
+                same_bits(&l, &lb) && same_bits(&d, &db),
+                "{threads} threads"
+            );
+        }
+        // unmasking every row changes nothing in the rows labelled before
+        let all: Vec<i32> = tg
+            .iter()
+            .map(|&t| if t == IGNORE { 1 } else { t })
+            .collect();
+        let (la, da) = run(&bf, &all, 2);
+        for i in (0..n).filter(|&i| tg[i] != IGNORE) {
+            assert_eq!(la[i].to_bits(), lb[i].to_bits(), "row {i}");
+            assert!(
+                same_bits(&da[i * h..(i + 1) * h], &db[i * h..(i + 1) * h]),
+                "row {i}"
+            );
         }
     }
 
