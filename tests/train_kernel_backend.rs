@@ -176,7 +176,10 @@ fn bf16_training_tracks_the_cpu_backend_and_repeats() {
 /// threads, and differs from f32 (the mode took effect).
 #[test]
 fn cpu_bf16_products_track_f32_and_repeat_on_any_thread_count() {
-    let Ok(bf16) = CpuBackend::<f32>::with_precision(Precision::Bf16) else {
+    // the tiny model's products have 64 rows: lower the bf16 threshold so they all run in bf16
+    let Ok(bf16) =
+        CpuBackend::<f32>::with_precision(Precision::Bf16).map(|b| b.with_bf16_min_rows(1))
+    else {
         assert!(!gradients_engine::backend::cpu::bf16_available());
         eprintln!("skipped: this CPU has no AVX512_BF16 (the CPU bf16 mode cannot run here)");
         return;

@@ -34,7 +34,7 @@ pub struct Args {
 
 /// Load, render, decode greedily, print the completion.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    args.run.setup()?;
+    let at = args.run.setup()?;
     let m = load_model(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let Some(tok) = m.tokenizer.as_ref() else {
@@ -45,7 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         tok.render_chat(&[ChatMessage::new("user", args.prompt.as_str())], true)?
     };
-    let be: CpuBackend = CpuBackend::new();
+    let be = CpuBackend::with_precision(at.precision)?;
     let mut model = Llama::from_weights(be.clone(), &m.config, m.weights)?;
     let lora = match &args.adapter {
         Some(dir) => {

@@ -26,7 +26,9 @@ pub struct Args {
 
 /// Merge and print what was written.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    args.run.setup()?;
+    if args.run.setup()?.precision != gradients_engine::backend::Precision::F32 {
+        eprintln!("merge computes W + s·B·A in f32 and writes f32 weights; --precision is ignored");
+    }
     let s = merge_model(&args.model, &args.adapter, &args.out).with_context(|| {
         format!(
             "merging {} into {}",

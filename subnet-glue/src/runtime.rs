@@ -26,16 +26,19 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// [`RunArgs::setup_device`] for a command that runs on the CPU backend only: a usable
-    /// CUDA device is reported and replaced by the CPU.
-    pub fn setup(&self) -> anyhow::Result<Device> {
-        let Placement { device, .. } = self.setup_device()?;
+    /// CUDA device is reported and replaced by the CPU; the precision is kept (bf16 on the
+    /// CPU needs AVX512_BF16, which `CpuBackend::with_precision` checks).
+    pub fn setup(&self) -> anyhow::Result<Placement> {
+        let Placement { device, precision } = self.setup_device()?;
         if device.is_cuda() {
             eprintln!(
                 "{device}: usable, but this command runs on the CPU backend (CUDA runs `train`, `eval` and `bench`)"
             );
-            return Ok(Device::Cpu);
         }
-        Ok(device)
+        Ok(Placement {
+            device: Device::Cpu,
+            precision,
+        })
     }
 
     /// Apply the thread count and resolve the device; returns the device and precision the

@@ -566,4 +566,38 @@ mod tests {
         );
         assert!(same_bits(&part, &one[r0 * n..r1 * n]));
     }
+
+    /// Through the backend: `gemm_weight` with at least `BF16_MIN_ROWS` rows runs in bf16
+    /// (other bits than f32, close to them); with fewer (a decode step) exactly the f32 bits.
+    #[test]
+    fn the_backend_runs_products_of_few_rows_in_f32() {
+        use crate::backend::cpu::{CpuBackend, BF16_MIN_ROWS};
+        use crate::backend::{Backend, Precision};
+        use crate::model::Frozen;
+        use crate::Tensor;
+        if unavailable() {
+            return;
+        }
+        let bf = CpuBackend::<f32>::with_precision(Precision::Bf16).unwrap();
+        let f = CpuBackend::<f32>::new();
+        let mut rng = Rng(21);
+        let (rows, cols) = (96, 80);
+        let w =
+            Frozen::from(Tensor::new(vec![rows, cols], randn_f32(&mut rng, rows * cols)).unwrap());
+        let (wb, wf) = (bf.upload_weight(&w).unwrap(), f.upload_weight(&w).unwrap());
+        for m in [1, BF16_MIN_ROWS - 1, BF16_MIN_ROWS] {
+            let x = randn_f32(&mut rng, m * cols);
+            let (mut yb, mut yf) = (vec![0.0; m * rows], vec![0.0; m * rows]);
+            bf.gemm_weight(&mut yb, &x, &wb, m, true, 1.0, 0.0).unwrap();
+            f.gemm_weight(&mut yf, &x, &wf, m, true, 1.0, 0.0).unwrap();
+            if m < BF16_MIN_ROWS {
+                assert!(same_bits(&yb, &yf), "m={m}: not the f32 product");
+            } else {
+                assert!(!same_bits(&yb, &yf), "m={m}: not the bf16 product");
+                for (b, f) in yb.iter().zip(&yf) {
+                    assert!((b - f).abs() < 0.1 + 2e-2 * f.abs(), "m={m}: {b} vs {f}");
+                }
+            }
+        }
+    }
 }

@@ -151,9 +151,10 @@ impl_real!(f64, f64::exp);
 /// The CPU backend, storing `Vec<T>` (`f32` by default; `f64` for gradient checks).
 pub struct CpuBackend<T = f32> {
     _elem: PhantomData<fn() -> T>,
-    /// bf16 mode (f32 elements only): the frozen-weight and lm_head products round their
-    /// operands to bf16 and accumulate in f32 (`gemm_bf16.rs`); everything else is f32.
-    bf16: bool,
+    /// bf16 mode (f32 elements only), `Some(min_rows)`: the frozen-weight and lm_head
+    /// products of at least `min_rows` rows round their operands to bf16 and accumulate in f32
+    /// (`gemm_bf16.rs`); everything else is f32.
+    bf16: Option<usize>,
 }
 
 impl<T: Real> CpuBackend<T> {
@@ -161,7 +162,7 @@ impl<T: Real> CpuBackend<T> {
     pub fn new() -> Self {
         CpuBackend {
             _elem: PhantomData,
-            bf16: false,
+            bf16: None,
         }
     }
 }
@@ -170,20 +171,45 @@ impl CpuBackend<f32> {
     /// A CPU backend in `precision`. [`Precision::Bf16`] here means what autocast means: the
     /// frozen-weight products (`X·Wᵀ`, `dY·W`) and the lm_head products run bf16 × bf16 with
     /// f32 accumulation on AVX512_BF16 (about twice the f32 GEMM rate), while activations,
-    /// LoRA products and gradients, attention, norms and the optimiser stay f32. Errors on a
-    /// CPU without AVX512_BF16, naming what is missing.
+    /// LoRA products and gradients, attention, norms and the optimiser stay f32. Products of
+    /// fewer than [`BF16_MIN_ROWS`] rows (decode steps, tiny evaluations) stay f32 too: packing
+    /// the weight into bf16 pairs costs more than bf16 saves on them. Errors on a CPU without
+    /// AVX512_BF16, naming what is missing.
     pub fn with_precision(precision: Precision) -> Result<Self> {
         match precision {
             Precision::F32 => Ok(Self::new()),
             Precision::Bf16 if gemm_bf16::available() => Ok(CpuBackend {
                 _elem: PhantomData,
-                bf16: true,
+                bf16: Some(BF16_MIN_ROWS),
             }),
             Precision::Bf16 => Err(Error::unsupported(
                 "precision bf16 on the CPU needs AVX512_BF16 (Zen 4, Sapphire Rapids, Cooper Lake \
                  or later), which this CPU lacks; use `--precision f32` (or bf16 on `--device cuda`)",
             )),
         }
+    }
+}
+
+/// Rows a product needs for the bf16 mode to run it in bf16 (see
+/// [`CpuBackend::with_precision`]; measured in BENCHMARKS.md).
+pub const BF16_MIN_ROWS: usize = 64;
+
+impl CpuBackend<f32> {
+    /// In the bf16 mode, run products of at least `rows` rows in bf16 (default
+    /// [`BF16_MIN_ROWS`]); tests use 1 to reach the bf16 products at tiny shapes. No effect in
+    /// f32.
+    pub fn with_bf16_min_rows(mut self, rows: usize) -> Self {
+        if self.bf16.is_some() {
+            self.bf16 = Some(rows);
+        }
+        self
+    }
+}
+
+impl<T: Real> CpuBackend<T> {
+    /// Whether a product of `m` rows runs in bf16.
+    fn bf16_for(&self, m: usize) -> bool {
+        self.bf16.is_some_and(|min| m >= min)
     }
 }
 
@@ -218,7 +244,11 @@ impl<T: Real> Clone for CpuBackend<T> {
 
 impl<T: Real> Debug for CpuBackend<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mode = if self.bf16 { ", bf16 products" } else { "" };
+        let mode = if self.bf16.is_some() {
+            ", bf16 products"
+        } else {
+            ""
+        };
         write!(f, "CpuBackend<{}{mode}>", std::any::type_name::<T>())
     }
 }
@@ -271,7 +301,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         alpha: f32,
         beta: f32,
     ) -> Result<()> {
-        if self.bf16 {
+        if self.bf16_for(m) {
             if let (Some(c), Some(a)) = (as_f32_mut(c), as_f32(a)) {
                 return w.gemm_bf16(c, a, m, trans_w, alpha, beta);
             }
@@ -280,7 +310,7 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn precision(&self) -> Precision {
-        if self.bf16 {
+        if self.bf16.is_some() {
             Precision::Bf16
         } else {
             Precision::F32

@@ -32,9 +32,9 @@ pub(crate) struct Dims {
 }
 
 /// Per-token losses of `hidden [n, h] · lm_head [vocab, h]ᵀ` against `targets`, and when
-/// `dhidden` is given, `∂(loss_scale · Σ loss)/∂hidden` written into it. With `bf16` (f32
-/// only) the two lm_head products run bf16 × bf16 → f32 (`gemm_bf16.rs`), the lm_head packed
-/// once per call for each.
+/// `dhidden` is given, `∂(loss_scale · Σ loss)/∂hidden` written into it. With
+/// `bf16 = Some(min_rows)` (f32 only) and at least `min_rows` labelled tokens, the two lm_head
+/// products run bf16 × bf16 → f32 (`gemm_bf16.rs`), the lm_head packed once per call for each.
 /// Lengths must have been checked; targets are checked here.
 pub(crate) fn cross_entropy<T: Real>(
     dhidden: Option<&mut Vec<T>>,
@@ -43,7 +43,7 @@ pub(crate) fn cross_entropy<T: Real>(
     targets: &[i32],
     d: Dims,
     loss_scale: T,
-    bf16: bool,
+    bf16: Option<usize>,
 ) -> Result<Vec<f32>> {
     let Dims { n, h, vocab } = d;
     if let Some((i, &t)) = targets
@@ -58,7 +58,7 @@ pub(crate) fn cross_entropy<T: Real>(
     }
     let labelled: Vec<usize> = (0..n).filter(|&i| targets[i] != IGNORE).collect();
     let head = match super::as_f32(lm_head) {
-        Some(w) if bf16 && !labelled.is_empty() => Head::Bf16 {
+        Some(w) if bf16.is_some_and(|min| labelled.len() >= min.max(1)) => Head::Bf16 {
             fwd: pack_b(w, vocab, h, true),
             bwd: dhidden.is_some().then(|| pack_b(w, h, vocab, false)),
         },
@@ -348,13 +348,15 @@ mod tests {
     }
 
     /// The bf16 mode: losses and gradients within bf16 rounding of f32, masked rows still 0,
-    /// and bit-identical on any thread count and whether or not other rows are masked.
+    /// bit-identical on any thread count and whether or not other rows are masked; below the
+    /// row threshold, the f32 bits.
     #[test]
     fn bf16_head_tracks_f32_and_repeats() {
-        let Ok(bf) = CpuBackend::<f32>::with_precision(crate::backend::Precision::Bf16) else {
+        let Ok(default) = CpuBackend::<f32>::with_precision(crate::backend::Precision::Bf16) else {
             eprintln!("skipped: this CPU has no AVX512_BF16 (the bf16 mode cannot run here)");
             return;
         };
+        let bf = default.clone().with_bf16_min_rows(1);
         let f32be = CpuBackend::<f32>::new();
         let (n, h, vocab) = (ROWS + 37, 48, 700);
         let mut rng = Rng(15);
@@ -393,6 +395,14 @@ mod tests {
             gmax < 3e-2 * gscale,
             "gradient differs from f32 by {gmax} (max |g| {gscale})"
         );
+        // with the default threshold, fewer labelled tokens than it: the f32 products
+        let few: Vec<i32> = (0..n)
+            .map(|i| if i < 40 { tg[i] } else { IGNORE })
+            .collect();
+        let labelled = few.iter().filter(|&&t| t != IGNORE).count();
+        assert!(labelled > 0 && labelled < crate::backend::cpu::BF16_MIN_ROWS);
+        let ((ld, dd), (lf, df)) = (run(&default, &few, 2), run(&f32be, &few, 2));
+        assert!(same_bits(&ld, &lf) && same_bits(&dd, &df));
         for threads in [1, 3] {
             let (l, d) = run(&bf, &tg, threads);
             assert!(
