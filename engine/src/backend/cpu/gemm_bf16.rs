@@ -8,7 +8,8 @@
 //! Layout (GotoBLAS style): `k` is cut into [`KC`] blocks, `n` into [`NC`] blocks whose B
 //! values are packed as bf16 pairs `(k, k+1)` per column, [`NR`] columns per panel; A rows are
 //! packed [`MR`] at a time as pairs too, and a 12 × 32 register tile (24 accumulators) takes
-//! one pair per `vdpbf16ps`. Odd `k` and ragged edges are padded with zeros.
+//! one pair per `vdpbf16ps`. Odd `k` is padded with a zero half; ragged tiles
+//! compute into a scratch tile whose extra rows and columns are dropped.
 //!
 //! Determinism: every element of C is one chain over `k` in ascending pairs, started from
 //! C's old value (beta = 1) or zero and continued across `k` blocks through C, whatever the
@@ -121,10 +122,13 @@ thread_local! {
     static POOL: std::cell::RefCell<Vec<Vec<u32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A zeroed buffer of `len` words, from this thread's pool when it has one.
+/// A buffer of `len` words, from this thread's pool when it has one, not cleared: the
+/// packers write every word a stored element of C reads (the odd-`k` pad half included);
+/// the rest, the rows of a last tile past `m` and the columns of a last panel past `n`, only
+/// reach tile elements outside C, which are never stored.
 fn scratch(len: usize) -> Vec<u32> {
     let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
-    v.clear();
+    v.truncate(len);
     v.resize(len, 0);
     v
 }
@@ -178,7 +182,7 @@ unsafe fn interleave_pairs_avx512(r0: &[f32], r1: &[f32], dst: &mut [u32]) -> us
 }
 
 /// `A [m, k]` as bf16 pairs in tiles of [`MR`] rows: tile `t` holds `kp = ⌈k/2⌉` rows of `MR`
-/// words (`[t][p][i]`); rows past `m` are zero.
+/// words (`[t][p][i]`); rows past `m` are unspecified (see [`scratch`]).
 struct PackedA {
     kp: usize,
     data: Vec<u32>,
@@ -209,7 +213,7 @@ impl Drop for PackedA {
 }
 
 /// `op(B)` (`[k, n]`) as bf16 pairs in panels of [`NR`] columns: panel `q` holds `kp = ⌈k/2⌉`
-/// rows of `NR` words (`[q][p][j]`); columns past `n` are zero. Pack a matrix once and multiply
+/// rows of `NR` words (`[q][p][j]`); columns past `n` are unspecified (see [`scratch`]). Pack a matrix once and multiply
 /// it with many `A`s through [`gemm_packed`].
 pub(crate) struct PackedB {
     n: usize,
