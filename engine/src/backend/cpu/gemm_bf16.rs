@@ -189,21 +189,33 @@ struct PackedA {
 }
 
 fn pack_a(a: &[f32], m: usize, k: usize) -> PackedA {
+    PackedA {
+        kp: k.div_ceil(2),
+        data: pack_rows(a, m, k, MR),
+    }
+}
+
+/// The rows of a row-major `[rows, k]` matrix as bf16 pairs in groups of `width` rows: group
+/// `g` holds `⌈k/2⌉` rows of `width` words, word `[g][p][i]` the pair `p` of row
+/// `g·width + i`. A's tiles (`width` = [`MR`]) and, for `X·Wᵀ`, B's panels ([`NR`]).
+fn pack_rows(src: &[f32], rows: usize, k: usize, width: usize) -> Vec<u32> {
     let kp = k.div_ceil(2);
-    let mut data = scratch(m.div_ceil(MR) * kp * MR);
-    data.par_chunks_mut((kp * MR).max(1))
+    let mut data = scratch(rows.div_ceil(width) * kp * width);
+    data.par_chunks_mut((kp * width).max(1))
         .enumerate()
-        .for_each(|(t, tile)| {
-            let mut row = vec![0u32; kp];
-            for ii in 0..MR.min(m - t * MR) {
-                let i = t * MR + ii;
-                row_to_pairs(&a[i * k..(i + 1) * k], &mut row);
-                for (p, &w) in row.iter().enumerate() {
-                    tile[p * MR + ii] = w;
+        .for_each_init(
+            || vec![0u32; kp],
+            |row, (g, group)| {
+                for ii in 0..width.min(rows - g * width) {
+                    let i = g * width + ii;
+                    row_to_pairs(&src[i * k..(i + 1) * k], row);
+                    for (p, &w) in row.iter().enumerate() {
+                        group[p * width + ii] = w;
+                    }
                 }
-            }
-        });
-    PackedA { kp, data }
+            },
+        );
+    data
 }
 
 impl Drop for PackedA {
@@ -213,8 +225,8 @@ impl Drop for PackedA {
 }
 
 /// `op(B)` (`[k, n]`) as bf16 pairs in panels of [`NR`] columns: panel `q` holds `kp = ⌈k/2⌉`
-/// rows of `NR` words (`[q][p][j]`); columns past `n` are unspecified (see [`scratch`]). Pack a matrix once and multiply
-/// it with many `A`s through [`gemm_packed`].
+/// rows of `NR` words (`[q][p][j]`); columns past `n` are unspecified (see [`scratch`]).
+/// Pack a matrix once and multiply it with many `A`s through [`gemm_packed`].
 pub(crate) struct PackedB {
     n: usize,
     k: usize,
@@ -231,28 +243,22 @@ impl Drop for PackedB {
 /// Packs `b`: `[n, k]` when `trans_b` (a Linear weight for `X·Wᵀ`), else `[k, n]`.
 pub(crate) fn pack_b(b: &[f32], n: usize, k: usize, trans_b: bool) -> PackedB {
     let kp = k.div_ceil(2);
-    let mut data = scratch(n.div_ceil(NR) * kp * NR);
-    data.par_chunks_mut((kp * NR).max(1))
-        .enumerate()
-        .for_each(|(q, panel)| {
-            let cols = NR.min(n - q * NR);
-            if trans_b {
-                let mut row = vec![0u32; kp];
-                for jj in 0..cols {
-                    let j = q * NR + jj;
-                    row_to_pairs(&b[j * k..(j + 1) * k], &mut row);
-                    for (p, &w) in row.iter().enumerate() {
-                        panel[p * NR + jj] = w;
-                    }
-                }
-            } else {
+    let data = if trans_b {
+        pack_rows(b, n, k, NR)
+    } else {
+        let mut data = scratch(n.div_ceil(NR) * kp * NR);
+        data.par_chunks_mut((kp * NR).max(1))
+            .enumerate()
+            .for_each(|(q, panel)| {
+                let cols = NR.min(n - q * NR);
                 for p in 0..kp {
                     let r0 = &b[2 * p * n + q * NR..][..cols];
                     let r1 = (2 * p + 1 < k).then(|| &b[(2 * p + 1) * n + q * NR..][..cols]);
                     interleave_pairs(r0, r1, &mut panel[p * NR..p * NR + cols]);
                 }
-            }
-        });
+            });
+        data
+    };
     PackedB { n, k, kp, data }
 }
 
@@ -443,9 +449,18 @@ mod tests {
         no
     }
 
-    /// bf16 value of `x` as f32.
-    fn round(x: f32) -> f64 {
-        f64::from(f32::from_bits(u32::from(bf16_bits(x)) << 16))
+    /// `x` rounded to bf16, as f32.
+    fn bf(x: f32) -> f32 {
+        f32::from_bits(u32::from(bf16_bits(x)) << 16)
+    }
+
+    /// `op(b)[kk, j]`.
+    fn b_at(g: Gemm, b: &[f32], kk: usize, j: usize) -> f32 {
+        if g.trans_b {
+            b[j * g.k + kk]
+        } else {
+            b[kk * g.n + j]
+        }
     }
 
     /// `alpha·a·op(b) + beta·c` in f64 on the bf16-rounded operands.
@@ -455,14 +470,7 @@ mod tests {
         for i in 0..m {
             for j in 0..n {
                 let s: f64 = (0..k)
-                    .map(|kk| {
-                        let bv = if g.trans_b {
-                            b[j * k + kk]
-                        } else {
-                            b[kk * n + j]
-                        };
-                        round(a[i * k + kk]) * round(bv)
-                    })
+                    .map(|kk| f64::from(bf(a[i * k + kk])) * f64::from(bf(b_at(g, b, kk, j))))
                     .sum();
                 let old = if beta == 0.0 {
                     0.0
@@ -473,6 +481,12 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Random `a [m, k]`, `b` (`n·k` values) and `c [m, n]`.
+    fn operands(rng: &mut Rng, g: Gemm) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (a, b) = (randn_f32(rng, g.m * g.k), randn_f32(rng, g.n * g.k));
+        (a, b, randn_f32(rng, g.m * g.n))
     }
 
     #[test]
@@ -516,9 +530,7 @@ mod tests {
                 trans_a: false,
                 trans_b,
             };
-            let a = randn_f32(&mut rng, m * k);
-            let b = randn_f32(&mut rng, n * k);
-            let c0 = randn_f32(&mut rng, m * n);
+            let (a, b, c0) = operands(&mut rng, g);
             let want = reference(g, &c0, &a, &b, alpha, beta);
             let mut c = c0.clone();
             gemm(g, &mut c, &a, &b, alpha, beta);
@@ -619,7 +631,6 @@ mod tests {
             return;
         }
         let mut rng = Rng(31);
-        let r = |x: f32| f32::from_bits(u32::from(bf16_bits(x)) << 16);
         for &(m, n, k, trans_b, beta) in &[(13, 37, 301, true, 0.0), (30, 70, 600, false, 1.0)] {
             let g = Gemm {
                 m,
@@ -628,29 +639,17 @@ mod tests {
                 trans_a: false,
                 trans_b,
             };
-            let a = randn_f32(&mut rng, m * k);
-            let b = randn_f32(&mut rng, n * k);
-            let c0 = randn_f32(&mut rng, m * n);
+            let (a, b, c0) = operands(&mut rng, g);
             let mut c = c0.clone();
             gemm(g, &mut c, &a, &b, 1.0, beta);
-            let bv = |kk: usize, j: usize| {
-                if trans_b {
-                    b[j * k + kk]
-                } else {
-                    b[kk * n + j]
-                }
-            };
+            let prod = |kk: usize, i: usize, j: usize| bf(a[i * k + kk]) * bf(b_at(g, &b, kk, j));
             for i in 0..m {
                 for j in 0..n {
                     let mut acc = if beta == 0.0 { 0.0f32 } else { c0[i * n + j] };
                     for p in 0..k.div_ceil(2) {
                         let (lo, hi) = (2 * p, 2 * p + 1);
-                        let p_hi = if hi < k {
-                            r(a[i * k + hi]) * r(bv(hi, j))
-                        } else {
-                            0.0
-                        };
-                        acc = (acc + p_hi) + r(a[i * k + lo]) * r(bv(lo, j));
+                        let p_hi = if hi < k { prod(hi, i, j) } else { 0.0 };
+                        acc = (acc + p_hi) + prod(lo, i, j);
                     }
                     assert_eq!(
                         c[i * n + j].to_bits(),
